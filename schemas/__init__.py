@@ -1,0 +1,1 @@
+"""The event contract: input events, output records and the ClickHouse schema."""

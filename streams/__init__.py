@@ -1,0 +1,1 @@
+"""Fenxiao: a streaming commission engine for distribution (分销) programs."""

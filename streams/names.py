@@ -1,0 +1,38 @@
+"""Every topic name, Redis key prefix and environment variable name, in one place."""
+
+from __future__ import annotations
+
+CLICKS = "fenxiao.clicks"
+SIGNUPS = "fenxiao.signups"
+ORDERS = "fenxiao.orders"
+TIERS = "fenxiao.tiers"
+COMMISSIONS = "fenxiao.commissions"
+BINDINGS = "fenxiao.bindings"
+DEAD_LETTERS = "fenxiao.dead-letters"
+
+INPUT_TOPICS: tuple[str, ...] = (TIERS, CLICKS, SIGNUPS, ORDERS)
+OUTPUT_TOPICS: tuple[str, ...] = (COMMISSIONS, BINDINGS, DEAD_LETTERS)
+
+# Same-ts tie-break of the spec: tiers < clicks < signups < orders.
+TOPIC_RANK: dict[str, int] = {TIERS: 0, CLICKS: 1, SIGNUPS: 2, ORDERS: 3}
+
+ENV_PREFIX = "FENXIAO_"
+ENV_KAFKA = "FENXIAO_KAFKA"
+ENV_REDIS_URL = "FENXIAO_REDIS_URL"
+ENV_CLICKHOUSE_URL = "FENXIAO_CLICKHOUSE_URL"
+ENV_CLICKHOUSE_PATH = "FENXIAO_CLICKHOUSE_PATH"
+ENV_VAR_DIR = "FENXIAO_VAR_DIR"
+ENV_CONFIG = "FENXIAO_CONFIG"
+ENV_TOKEN_KEY = "FENXIAO_TOKEN_KEY"
+ENV_PARTITIONS = "FENXIAO_PARTITIONS"
+ENV_WEB_PORT = "FENXIAO_WEB_PORT"
+
+# Redis keys. Prefix "fx:"; see docs/redis.md for the full layout.
+REDIS_PREFIX = "fx:"
+KEY_USER = "fx:u:"  # + user_id -> hash (i inviter, t signup ts ms, d distributor, e signup event id, r tier, rt tier ts key)
+KEY_CLICK = "fx:c:"  # + visitor_id -> hash (latest click: t ts ms, r ref, k order key)
+KEY_ORDER = "fx:o:"  # + order_id -> hash (locked order state, JSON in field s)
+KEY_BALANCE = "fx:b:"  # + user_id -> hash (p pending, a available, l lifetime)
+KEY_DEAD = "fx:dl"  # set of event ids already dead-lettered (a redelivery does not repeat them)
+KEY_SETTLE = "fx:settle"  # zset order_id -> settle_at ms, completed but not settled
+KEY_SEQ = "fx:seq"  # hash: the sequencer's last applied key, for operators

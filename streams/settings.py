@@ -1,0 +1,41 @@
+"""Connection settings from the environment: one frozen Settings object, secrets as SecretStr."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from streams import names
+
+
+class Settings(BaseSettings):
+    """Where the services are; read once from FENXIAO_* variables."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", env_prefix=names.ENV_PREFIX)
+
+    kafka: str = Field(default="127.0.0.1:9092", validation_alias=AliasChoices(names.ENV_KAFKA))
+    redis_url: SecretStr = Field(
+        default=SecretStr("redis://127.0.0.1:6379/0"), validation_alias=AliasChoices(names.ENV_REDIS_URL)
+    )
+    clickhouse_url: SecretStr | None = Field(default=None, validation_alias=AliasChoices(names.ENV_CLICKHOUSE_URL))
+    var_dir: Path = Field(default=Path("var"), validation_alias=AliasChoices(names.ENV_VAR_DIR))
+    clickhouse_path: Path | None = Field(default=None, validation_alias=AliasChoices(names.ENV_CLICKHOUSE_PATH))
+    partitions: int = Field(default=4, ge=1, le=256, validation_alias=AliasChoices(names.ENV_PARTITIONS))
+    token_key: SecretStr = Field(
+        default=SecretStr("dev-only-change-me"), validation_alias=AliasChoices(names.ENV_TOKEN_KEY)
+    )
+    web_port: int = Field(default=6066, validation_alias=AliasChoices(names.ENV_WEB_PORT))
+
+    @property
+    def chdb_path(self) -> Path:
+        """Embedded ClickHouse data directory (one owning process at a time)."""
+        return self.clickhouse_path or self.var_dir / "clickhouse"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()
