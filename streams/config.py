@@ -1,0 +1,187 @@
+"""The program config (fenxiao.toml): validated once at start, resolved into one Plan per campaign."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DEFAULT_TIER = "standard"
+
+Bps = Annotated[int, Field(ge=0, le=10_000, strict=True)]
+
+
+class ConfigError(Exception):
+    """A config the program refuses to run with; the message names the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TierRates(_Strict):
+    """Commission rates of one tier, level 1 first, in basis points."""
+
+    rates_bps: list[Bps] = Field(min_length=1)
+
+
+class ProgramSection(_Strict):
+    """The [program] table: the default plan."""
+
+    levels: Annotated[int, Field(ge=1, le=3, strict=True)] = 3
+    self_purchase: bool = False
+    attribution_window_seconds: Annotated[int, Field(ge=0, strict=True)] = 604_800
+    freeze_seconds: Annotated[int, Field(ge=0, strict=True)] = 604_800
+    max_total_bps: Bps = 3000
+
+
+class CampaignSection(_Strict):
+    """A [campaigns.X] table: overrides for orders carrying that campaign_id."""
+
+    levels: Annotated[int, Field(ge=1, le=3, strict=True)] | None = None
+    self_purchase: bool | None = None
+    max_total_bps: Bps | None = None
+    tiers: dict[str, TierRates] = Field(default_factory=dict)
+
+
+class PipelineSection(_Strict):
+    """The [pipeline] table: how the stream is run, not what it pays."""
+
+    ordering_grace_seconds: Annotated[float, Field(ge=0, le=3600)] = 10.0
+
+
+class FenxiaoConfig(_Strict):
+    """The whole fenxiao.toml."""
+
+    program: ProgramSection = Field(default_factory=ProgramSection)
+    tiers: dict[str, TierRates]
+    campaigns: dict[str, CampaignSection] = Field(default_factory=dict)
+    pipeline: PipelineSection = Field(default_factory=PipelineSection)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FenxiaoConfig:
+        if DEFAULT_TIER not in self.tiers:
+            raise ValueError(f"tiers.{DEFAULT_TIER}: the default tier must be defined")
+        for name, tier in self.tiers.items():
+            _enough_rates(f"tiers.{name}.rates_bps", tier, self.program.levels)
+        for cid, camp in self.campaigns.items():
+            levels = camp.levels or self.program.levels
+            for name, tier in camp.tiers.items():
+                if name not in self.tiers:
+                    known = ", ".join(sorted(self.tiers))
+                    raise ValueError(f"campaigns.{cid}.tiers.{name}: unknown tier (defined: {known})")
+                _enough_rates(f"campaigns.{cid}.tiers.{name}.rates_bps", tier, levels)
+            for name, tier in self.tiers.items():
+                if name not in camp.tiers:
+                    _enough_rates(f"tiers.{name}.rates_bps (used by campaigns.{cid})", tier, levels)
+        return self
+
+
+def _enough_rates(key: str, tier: TierRates, levels: int) -> None:
+    if len(tier.rates_bps) < levels:
+        raise ValueError(f"{key}: has {len(tier.rates_bps)} rates but levels = {levels}")
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Everything the engine needs to price an order of one campaign."""
+
+    levels: int
+    self_purchase: bool
+    max_total_bps: int
+    attribution_window_ms: int
+    freeze_ms: int
+    rates: dict[str, tuple[int, ...]]
+
+    def rate(self, tier: str | None, level: int) -> int:
+        """Rate in bps of a beneficiary at `level` (1-based); an unknown tier falls back to standard."""
+        rates = self.rates.get(tier or DEFAULT_TIER) or self.rates[DEFAULT_TIER]
+        return rates[level - 1]
+
+
+@dataclass(frozen=True, slots=True)
+class Program:
+    """The validated config resolved into plans: the engine's only view of fenxiao.toml."""
+
+    base: Plan
+    campaigns: dict[str, Plan]
+    ordering_grace_seconds: float
+
+    def plan_for(self, campaign_id: str | None) -> Plan:
+        """The plan of an order's campaign; no or an unknown campaign gets the base plan."""
+        if campaign_id is None:
+            return self.base
+        return self.campaigns.get(campaign_id, self.base)
+
+    @property
+    def attribution_window_ms(self) -> int:
+        """How far back a click can bind a visitor."""
+        return self.base.attribution_window_ms
+
+    @property
+    def freeze_ms(self) -> int:
+        """Completion to settlement."""
+        return self.base.freeze_ms
+
+
+def resolve(cfg: FenxiaoConfig) -> Program:
+    """Turn the validated config into one Plan per campaign."""
+    p = cfg.program
+    base_rates = {name: tuple(t.rates_bps) for name, t in cfg.tiers.items()}
+    base = Plan(
+        levels=p.levels,
+        self_purchase=p.self_purchase,
+        max_total_bps=p.max_total_bps,
+        attribution_window_ms=p.attribution_window_seconds * 1000,
+        freeze_ms=p.freeze_seconds * 1000,
+        rates=base_rates,
+    )
+    campaigns = {}
+    for cid, c in cfg.campaigns.items():
+        rates = dict(base_rates)
+        rates.update({name: tuple(t.rates_bps) for name, t in c.tiers.items()})
+        campaigns[cid] = Plan(
+            levels=c.levels if c.levels is not None else p.levels,
+            self_purchase=c.self_purchase if c.self_purchase is not None else p.self_purchase,
+            max_total_bps=c.max_total_bps if c.max_total_bps is not None else p.max_total_bps,
+            attribution_window_ms=base.attribution_window_ms,
+            freeze_ms=base.freeze_ms,
+            rates=rates,
+        )
+    return Program(base=base, campaigns=campaigns, ordering_grace_seconds=cfg.pipeline.ordering_grace_seconds)
+
+
+def _explain(e: ValidationError) -> str:
+    msgs = []
+    for err in e.errors(include_url=False, include_input=False):
+        key = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        msgs.append(f"{key}: {msg}" if key else msg)
+    return "; ".join(msgs)
+
+
+def parse(text: str, source: str = "fenxiao.toml") -> Program:
+    """Parse and validate config text; errors name the key."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source}: not valid TOML: {e}") from e
+    try:
+        return resolve(FenxiaoConfig.model_validate(data))
+    except ValidationError as e:
+        raise ConfigError(f"{source}: {_explain(e)}") from e
+
+
+def load(path: str | Path) -> Program:
+    """Read fenxiao.toml from disk."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError as e:
+        raise ConfigError(f"config file not found: {p} (pass --config with a fenxiao.toml)") from e
+    return parse(text, str(p))

@@ -1,0 +1,501 @@
+"""Where an event becomes bindings and ledger entries: the spec's rules over plain state, no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from schemas.events import Click, Event, Order, Signup, Tier, format_ts
+from streams import commission
+from streams.config import Plan, Program
+
+SeqKey = tuple[int, int, str]
+T = TypeVar("T")
+
+# Dead-letter reasons of the contract.
+DUPLICATE_USER = "duplicate_user"
+ORDER_CANCELLED = "order_cancelled"
+ORDER_ALREADY_PAID = "order_already_paid"
+UNKNOWN_ORDER = "unknown_order"
+OVER_REFUND = "over_refund"
+CANNOT_CANCEL_COMPLETED = "cannot_cancel_completed"
+DUPLICATE_COMPLETED = "duplicate_completed"
+INVALID_EVENT = "invalid_event"
+
+ACCRUED = "accrued"
+REVERSED = "reversed"
+SETTLED = "settled"
+CLAWED_BACK = "clawed_back"
+
+
+@dataclass(slots=True)
+class User:
+    """A signed-up user: a node of the referral tree."""
+
+    signup_ms: int
+    distributor: bool
+    inviter: str | None
+    signup_event_id: str
+
+
+@dataclass(slots=True)
+class TierMark:
+    """A user's current tier and the sequence key of the event that set it (newest wins)."""
+
+    tier: str
+    key: SeqKey
+
+
+@dataclass(slots=True)
+class ClickMark:
+    """A visitor's latest click: who shared the link, and when."""
+
+    ts_ms: int
+    ref: str
+    key: SeqKey
+
+
+@dataclass(slots=True)
+class OrderState:
+    """An order's locked terms and where its money stands."""
+
+    buyer_id: str
+    campaign_id: str | None = None
+    cancelled: bool = False
+    paid: bool = False
+    paid_cents: int = 0
+    refunded_cents: int = 0
+    beneficiaries: list[str | None] = field(default_factory=list)
+    rates_bps: list[int] = field(default_factory=list)
+    max_total_bps: int = 0
+    amounts: list[int] = field(default_factory=list)
+    completed_event_id: str | None = None
+    settle_at_ms: int | None = None
+    settled: bool = False
+    event_ids: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One ledger entry: a money movement for one beneficiary at one level."""
+
+    entry_id: str
+    source_event_id: str
+    ts_ms: int
+    order_id: str
+    buyer_id: str
+    beneficiary_id: str
+    level: int
+    kind: str
+    amount_cents: int
+    campaign_id: str | None
+
+    def as_record(self) -> dict[str, object]:
+        """The fenxiao.commissions value."""
+        return {
+            "entry_id": self.entry_id,
+            "source_event_id": self.source_event_id,
+            "ts": format_ts(self.ts_ms),
+            "order_id": self.order_id,
+            "buyer_id": self.buyer_id,
+            "beneficiary_id": self.beneficiary_id,
+            "level": self.level,
+            "kind": self.kind,
+            "amount_cents": self.amount_cents,
+            "campaign_id": self.campaign_id,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """A user's place in the tree as of ts: the fenxiao.bindings value."""
+
+    user_id: str
+    inviter_id: str | None
+    ts_ms: int
+    source: str
+
+    def as_record(self) -> dict[str, object]:
+        """The fenxiao.bindings value."""
+        return {"user_id": self.user_id, "inviter_id": self.inviter_id, "ts": format_ts(self.ts_ms), "source": self.source}
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What applying one event produced; rejection is a dead-letter reason."""
+
+    entries: list[Entry] = field(default_factory=list)
+    bindings: list[Binding] = field(default_factory=list)
+    rejection: str | None = None
+    detail: str = ""
+    duplicate: bool = False
+
+
+class NotLoaded(KeyError):
+    """The engine asked for state the store did not load: a store bug, never a missing record."""
+
+
+@dataclass(slots=True)
+class Balance:
+    """Deltas to a beneficiary's balances (cents)."""
+
+    pending: int = 0
+    available: int = 0
+    earned: int = 0
+
+
+class State:
+    """Plain in-memory state; a store loads the slice a batch needs and writes back what changed."""
+
+    def __init__(self, *, complete: bool = True) -> None:
+        self.complete = complete
+        self.users: dict[str, User | None] = {}
+        self.tiers: dict[str, TierMark | None] = {}
+        self.clicks: dict[str, ClickMark | None] = {}
+        self.orders: dict[str, OrderState | None] = {}
+        self.dead_ids: set[str] = set()
+        self.dead_checked: set[str] = set()
+        self.balance_deltas: dict[str, Balance] = {}
+        self.dirty_users: set[str] = set()
+        self.dirty_tiers: set[str] = set()
+        self.dirty_clicks: set[str] = set()
+        self.dirty_orders: set[str] = set()
+        self.new_dead_ids: set[str] = set()
+        self.settle_index: dict[str, int] = {}
+
+    def _get(self, table: dict[str, T | None], key: str) -> T | None:
+        if key in table:
+            return table[key]
+        if self.complete:
+            return None
+        raise NotLoaded(key)
+
+    def user(self, uid: str) -> User | None:
+        """The user record, or None if never signed up."""
+        return self._get(self.users, uid)
+
+    def tier(self, uid: str) -> str | None:
+        """The user's tier name, or None (standard)."""
+        mark = self._get(self.tiers, uid)
+        return mark.tier if mark else None
+
+    def click(self, visitor_id: str) -> ClickMark | None:
+        """The visitor's latest click."""
+        return self._get(self.clicks, visitor_id)
+
+    def order(self, order_id: str) -> OrderState | None:
+        """The order's state, or None if never seen."""
+        return self._get(self.orders, order_id)
+
+    def is_dead(self, event_id: str) -> bool:
+        """Whether this event id was already dead-lettered (a redelivery must not repeat it)."""
+        if event_id in self.dead_ids:
+            return True
+        if self.complete or event_id in self.dead_checked:
+            return False
+        raise NotLoaded(event_id)
+
+    def put_user(self, uid: str, user: User) -> None:
+        """Record a new or changed user."""
+        self.users[uid] = user
+        self.dirty_users.add(uid)
+
+    def put_order(self, order_id: str, order: OrderState) -> None:
+        """Record a new or changed order (also keeps the settlement index current)."""
+        self.orders[order_id] = order
+        self.dirty_orders.add(order_id)
+        if order.settle_at_ms is not None and not order.settled:
+            self.settle_index[order_id] = order.settle_at_ms
+        else:
+            self.settle_index.pop(order_id, None)
+
+    def mark_dead(self, event_id: str) -> None:
+        """Remember a dead-lettered event id."""
+        self.dead_ids.add(event_id)
+        self.new_dead_ids.add(event_id)
+
+    def add_balance(self, entry: Entry) -> None:
+        """Move a ledger entry into the beneficiary's pending/available deltas."""
+        b = self.balance_deltas.setdefault(entry.beneficiary_id, Balance())
+        if entry.kind in (ACCRUED, REVERSED):
+            b.pending += entry.amount_cents
+            b.earned += entry.amount_cents
+        elif entry.kind == SETTLED:
+            b.pending -= entry.amount_cents
+            b.available += entry.amount_cents
+        else:
+            b.available += entry.amount_cents
+            b.earned += entry.amount_cents
+
+
+def seq_key(rank: int, ev: Event) -> SeqKey:
+    """The spec's total order: (ts, topic rank, event_id)."""
+    return (ev.ts_ms, rank, ev.event_id)
+
+
+class Ledger:
+    """Applies events one at a time, in sequence order, to a State."""
+
+    def __init__(self, program: Program, state: State) -> None:
+        self.program = program
+        self.state = state
+
+    # ---- referral tree -------------------------------------------------
+
+    def _candidate(self, ref: str | None, visitor_id: str | None, at_ms: int) -> tuple[str | None, str]:
+        """The candidate inviter: ref, else the visitor's latest click in the attribution window."""
+        if ref is not None:
+            return ref, "ref"
+        if visitor_id is not None:
+            click = self.state.click(visitor_id)
+            if click is not None and at_ms - self.program.attribution_window_ms <= click.ts_ms <= at_ms:
+                return click.ref, "click"
+        return None, ""
+
+    def _valid_inviter(self, user_id: str, candidate: str | None) -> bool:
+        """An existing distributor, not the user, whose chain does not contain the user."""
+        if candidate is None or candidate == user_id:
+            return False
+        cand = self.state.user(candidate)
+        if cand is None or not cand.distributor:
+            return False
+        seen = {candidate}
+        up = cand.inviter
+        while up is not None:
+            if up == user_id or up in seen:
+                return False
+            seen.add(up)
+            node = self.state.user(up)
+            up = node.inviter if node else None
+        return True
+
+    def apply_click(self, ev: Click, key: SeqKey) -> Outcome:
+        """Remember the visitor's latest click for attribution (older redeliveries change nothing)."""
+        cur = self.state.click(ev.visitor_id)
+        if cur is None or key > cur.key:
+            self.state.clicks[ev.visitor_id] = ClickMark(ev.ts_ms, ev.ref, key)
+            self.state.dirty_clicks.add(ev.visitor_id)
+        return Outcome()
+
+    def apply_tier(self, ev: Tier, key: SeqKey) -> Outcome:
+        """Set the user's tier for orders paid after it (older redeliveries change nothing)."""
+        cur = self._tier_mark(ev.user_id)
+        if cur is None or key > cur.key:
+            self.state.tiers[ev.user_id] = TierMark(ev.tier, key)
+            self.state.dirty_tiers.add(ev.user_id)
+        return Outcome()
+
+    def _tier_mark(self, uid: str) -> TierMark | None:
+        return self.state._get(self.state.tiers, uid)
+
+    def apply_signup(self, ev: Signup) -> Outcome:
+        """Create the user and bind it to a valid candidate inviter, if any."""
+        existing = self.state.user(ev.user_id)
+        if existing is not None:
+            if existing.signup_event_id == ev.event_id:
+                return Outcome(duplicate=True)
+            return self._reject(ev.event_id, DUPLICATE_USER, f"user {ev.user_id} already signed up")
+        candidate, how = self._candidate(ev.ref, ev.visitor_id, ev.ts_ms)
+        inviter = candidate if self._valid_inviter(ev.user_id, candidate) else None
+        self.state.put_user(ev.user_id, User(ev.ts_ms, ev.distributor, inviter, ev.event_id))
+        source = "click" if inviter is not None and how == "click" else "signup"
+        return Outcome(bindings=[Binding(ev.user_id, inviter, ev.ts_ms, source)])
+
+    # ---- orders ----------------------------------------------------------
+
+    def _reject(self, event_id: str, reason: str, detail: str) -> Outcome:
+        if self.state.is_dead(event_id):
+            return Outcome(duplicate=True)
+        self.state.mark_dead(event_id)
+        return Outcome(rejection=reason, detail=detail)
+
+    def apply_order(self, ev: Order) -> Outcome:
+        """Route an order step; settle first if its freeze ended at or before this step."""
+        order = self.state.order(ev.order_id)
+        if order is not None and ev.event_id in order.event_ids:
+            return Outcome(duplicate=True)
+        if self.state.is_dead(ev.event_id):
+            return Outcome(duplicate=True)
+        out = Outcome()
+        if order is not None and order.settle_at_ms is not None and not order.settled and order.settle_at_ms <= ev.ts_ms:
+            out.entries.extend(self._settle(ev.order_id, order))
+        if ev.type == "paid":
+            step = self._paid(ev, order)
+        elif ev.type == "refunded":
+            step = self._refunded(ev, order)
+        elif ev.type == "cancelled":
+            step = self._cancelled(ev, order)
+        else:
+            step = self._completed(ev, order)
+        out.entries.extend(step.entries)
+        out.bindings.extend(step.bindings)
+        out.rejection, out.detail = step.rejection, step.detail
+        return out
+
+    def _record(self, ev: Order, order: OrderState) -> None:
+        order.event_ids.append(ev.event_id)
+        self.state.put_order(ev.order_id, order)
+
+    def _paid(self, ev: Order, order: OrderState | None) -> Outcome:
+        if order is not None and order.cancelled and not order.paid:
+            return self._reject(ev.event_id, ORDER_CANCELLED, f"order {ev.order_id} was cancelled before payment")
+        if order is not None and order.paid:
+            return self._reject(ev.event_id, ORDER_ALREADY_PAID, f"order {ev.order_id} is already paid")
+        plan = self.program.plan_for(ev.campaign_id)
+        out = Outcome()
+        buyer = self.state.user(ev.buyer_id)
+        if buyer is not None and buyer.inviter is None:
+            candidate, _ = self._candidate(ev.ref, ev.visitor_id, ev.ts_ms)
+            if self._valid_inviter(ev.buyer_id, candidate):
+                buyer.inviter = candidate
+                self.state.put_user(ev.buyer_id, buyer)
+                out.bindings.append(Binding(ev.buyer_id, candidate, ev.ts_ms, "order"))
+        beneficiaries = self._beneficiaries(ev, buyer, plan)
+        rates = [self._rate(b, level, plan) for level, b in enumerate(beneficiaries, start=1)]
+        amount = ev.amount_cents or 0
+        amounts = commission.split(amount, rates, plan.max_total_bps)
+        new = OrderState(
+            buyer_id=ev.buyer_id,
+            campaign_id=ev.campaign_id,
+            paid=True,
+            paid_cents=amount,
+            beneficiaries=beneficiaries,
+            rates_bps=rates,
+            max_total_bps=plan.max_total_bps,
+            amounts=amounts,
+        )
+        self._record(ev, new)
+        for level, (b, a) in enumerate(zip(beneficiaries, amounts, strict=True), start=1):
+            if b is not None and a > 0:
+                out.entries.append(self._entry(ev.event_id, ev.ts_ms, ev.order_id, new, b, level, ACCRUED, a))
+        return out
+
+    def _beneficiaries(self, ev: Order, buyer: User | None, plan: Plan) -> list[str | None]:
+        """Levels 1..n: the first beneficiary, then each one's inviter; a gap ends the chain."""
+        if plan.self_purchase and buyer is not None and buyer.distributor:
+            first: str | None = ev.buyer_id
+        elif buyer is not None:
+            first = buyer.inviter
+        else:
+            candidate, _ = self._candidate(ev.ref, ev.visitor_id, ev.ts_ms)
+            first = candidate if self._valid_inviter(ev.buyer_id, candidate) else None
+        chain: list[str | None] = [first]
+        while len(chain) < plan.levels:
+            prev = chain[-1]
+            node = self.state.user(prev) if prev is not None else None
+            chain.append(node.inviter if node is not None else None)
+        return chain
+
+    def _rate(self, beneficiary: str | None, level: int, plan: Plan) -> int:
+        """0 for a missing beneficiary or a non-distributor (they get nothing, levels are not shifted)."""
+        if beneficiary is None:
+            return 0
+        user = self.state.user(beneficiary)
+        if user is None or not user.distributor:
+            return 0
+        return plan.rate(self.state.tier(beneficiary), level)
+
+    def _refunded(self, ev: Order, order: OrderState | None) -> Outcome:
+        if order is None or not order.paid:
+            return self._reject(ev.event_id, UNKNOWN_ORDER, f"order {ev.order_id} was never paid")
+        amount = ev.amount_cents or 0
+        if order.refunded_cents + amount > order.paid_cents:
+            left = order.paid_cents - order.refunded_cents
+            order.event_ids.append(ev.event_id)
+            self.state.put_order(ev.order_id, order)
+            return Outcome(
+                rejection=OVER_REFUND, detail=f"refund of {amount} cents exceeds the {left} cents left on {ev.order_id}"
+            )
+        return Outcome(entries=self._refund(ev, order, amount))
+
+    def _refund(self, ev: Order, order: OrderState, amount: int) -> list[Entry]:
+        """Recompute every level on what is left with the locked terms; emit the differences."""
+        order.refunded_cents += amount
+        after = commission.split(order.paid_cents - order.refunded_cents, order.rates_bps, order.max_total_bps)
+        kind = CLAWED_BACK if order.settled else REVERSED
+        entries = []
+        for level, (b, d) in enumerate(zip(order.beneficiaries, commission.deltas(order.amounts, after), strict=True), 1):
+            if b is not None and d != 0:
+                entries.append(self._entry(ev.event_id, ev.ts_ms, ev.order_id, order, b, level, kind, d))
+        order.amounts = after
+        self._record(ev, order)
+        return entries
+
+    def _cancelled(self, ev: Order, order: OrderState | None) -> Outcome:
+        if order is None:
+            self._record(ev, OrderState(buyer_id=ev.buyer_id, campaign_id=ev.campaign_id, cancelled=True))
+            return Outcome()
+        if order.completed_event_id is not None:
+            order.event_ids.append(ev.event_id)
+            self.state.put_order(ev.order_id, order)
+            return Outcome(rejection=CANNOT_CANCEL_COMPLETED, detail=f"order {ev.order_id} is already completed")
+        order.cancelled = True
+        if not order.paid:
+            self._record(ev, order)
+            return Outcome()
+        return Outcome(entries=self._refund(ev, order, order.paid_cents - order.refunded_cents))
+
+    def _completed(self, ev: Order, order: OrderState | None) -> Outcome:
+        if order is None or not order.paid:
+            return self._reject(ev.event_id, UNKNOWN_ORDER, f"order {ev.order_id} was never paid")
+        if order.completed_event_id is not None:
+            order.event_ids.append(ev.event_id)
+            self.state.put_order(ev.order_id, order)
+            return Outcome(rejection=DUPLICATE_COMPLETED, detail=f"order {ev.order_id} is already completed")
+        order.completed_event_id = ev.event_id
+        order.settle_at_ms = ev.ts_ms + self.program.freeze_ms
+        self._record(ev, order)
+        if order.settle_at_ms <= ev.ts_ms:
+            return Outcome(entries=self._settle(ev.order_id, order))
+        return Outcome()
+
+    def _settle(self, order_id: str, order: OrderState) -> list[Entry]:
+        """The freeze ended: each level's current amount moves pending -> available."""
+        assert order.settle_at_ms is not None and order.completed_event_id is not None
+        order.settled = True
+        self.state.put_order(order_id, order)
+        return [
+            self._entry(order.completed_event_id, order.settle_at_ms, order_id, order, b, level, SETTLED, a)
+            for level, (b, a) in enumerate(zip(order.beneficiaries, order.amounts, strict=True), 1)
+            if b is not None and a > 0
+        ]
+
+    def settle_due(self, until_ms: int) -> list[Entry]:
+        """Settle every loaded order whose freeze ended at or before until_ms, oldest first."""
+        due = sorted((at, oid) for oid, at in self.state.settle_index.items() if at <= until_ms)
+        entries: list[Entry] = []
+        for _, oid in due:
+            order = self.state.order(oid)
+            if order is not None and not order.settled:
+                entries.extend(self._settle(oid, order))
+        return entries
+
+    def _entry(
+        self, source: str, ts_ms: int, order_id: str, order: OrderState, beneficiary: str, level: int, kind: str, amount: int
+    ) -> Entry:
+        entry = Entry(
+            entry_id=f"{source}:{level}:{kind}",
+            source_event_id=source,
+            ts_ms=ts_ms,
+            order_id=order_id,
+            buyer_id=order.buyer_id,
+            beneficiary_id=beneficiary,
+            level=level,
+            kind=kind,
+            amount_cents=amount,
+            campaign_id=order.campaign_id,
+        )
+        self.state.add_balance(entry)
+        return entry
+
+    # ---- dispatch --------------------------------------------------------
+
+    def apply(self, ev: Event, key: SeqKey) -> Outcome:
+        """Apply one event at its place in the sequence."""
+        if isinstance(ev, Order):
+            return self.apply_order(ev)
+        if isinstance(ev, Signup):
+            return self.apply_signup(ev)
+        if isinstance(ev, Click):
+            return self.apply_click(ev, key)
+        return self.apply_tier(ev, key)
