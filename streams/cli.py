@@ -21,6 +21,15 @@ def _stack(args: argparse.Namespace) -> int:
     return stack.run_command(args.action)
 
 
+def _worker(args: argparse.Namespace) -> int:
+    from streams import worker
+
+    try:
+        return worker.run(args.config, args.loglevel)
+    except worker.WorkerError as e:
+        raise CliError(str(e)) from e
+
+
 def build_parser() -> argparse.ArgumentParser:
     """All subcommands and their flags."""
     p = argparse.ArgumentParser(prog="fenxiao", description="Streaming commission engine for distribution programs.")
@@ -29,6 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("stack", help="start, stop or show the local Kafka and Redis")
     s.add_argument("action", choices=["up", "down", "status"])
     s.set_defaults(func=_stack)
+
+    w = sub.add_parser("worker", help="run the commission worker in the foreground")
+    w.add_argument("--config", help="the program config, fenxiao.toml (default: $FENXIAO_CONFIG or ./fenxiao.toml)")
+    w.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
+    w.set_defaults(func=_worker)
     return p
 
 

@@ -26,6 +26,7 @@ ENV_CONFIG = "FENXIAO_CONFIG"
 ENV_TOKEN_KEY = "FENXIAO_TOKEN_KEY"
 ENV_PARTITIONS = "FENXIAO_PARTITIONS"
 ENV_WEB_PORT = "FENXIAO_WEB_PORT"
+ENV_APP_ID = "FENXIAO_APP_ID"
 
 # Redis keys. Prefix "fx:"; see docs/redis.md for the full layout.
 REDIS_PREFIX = "fx:"

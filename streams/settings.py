@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     token_key: SecretStr = Field(
         default=SecretStr("dev-only-change-me"), validation_alias=AliasChoices(names.ENV_TOKEN_KEY)
     )
+    app_id: str = Field(default="fenxiao", validation_alias=AliasChoices(names.ENV_APP_ID))
+    config: Path = Field(default=Path("fenxiao.toml"), validation_alias=AliasChoices(names.ENV_CONFIG))
     web_port: int = Field(default=6066, validation_alias=AliasChoices(names.ENV_WEB_PORT))
 
     @property

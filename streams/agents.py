@@ -1,0 +1,89 @@
+"""Faust agents: each reads one input topic, decodes in one place, and hands events to the sequencer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from schemas.events import Invalid, decode, format_ts
+from streams import names, runtime
+from streams.app import app
+from streams.ledger import INVALID_EVENT, seq_key
+from streams.sequencer import DeadLetter, Held
+from streams.topics import clicks_topic, orders_topic, signups_topic, tiers_topic
+
+
+def _lag(tp: Any, offset: int) -> int | None:
+    """Records the broker holds beyond this one, when the consumer knows its highwater."""
+    try:
+        hw = app.consumer.highwater(tp)
+    except Exception:
+        return None
+    return None if hw is None or hw < 0 else max(hw - offset - 1, 0)
+
+
+async def _feed(stream: Any, topic: str) -> None:
+    """Decode every record; refuse the unreadable at once, hold the rest for the sequencer; ack later."""
+    rank = names.TOPIC_RANK[topic]
+    seq = runtime.get().sequencer
+    async for event in stream.noack().events():
+        msg = event.message
+        raw: bytes = msg.value if msg.value is not None else b""
+        decoded = decode(topic, msg.value)
+        lag = _lag(msg.tp, msg.offset)
+        if isinstance(decoded, Invalid):
+            dl = DeadLetter(topic, msg.tp.partition, msg.offset, msg.key, decoded.event_id, INVALID_EVENT,
+                            decoded.detail, raw, decoded.ts or format_ts(int(msg.timestamp * 1000)))
+            await seq.dead_letter_now(dl)
+            seq.aligner.touch(msg.tp, lag)
+            event.ack()
+            continue
+        held = Held(decoded, topic, msg.tp.partition, msg.offset, msg.key, raw, event.ack)
+        seq.offer(msg.tp, rank, seq_key(rank, decoded), held, lag)
+
+
+@app.agent(clicks_topic)
+async def record_clicks(stream: Any) -> None:
+    """Clicks on share links, for attribution."""
+    await _feed(stream, names.CLICKS)
+
+
+@app.agent(signups_topic)
+async def register_signups(stream: Any) -> None:
+    """New users and their binding to an inviter."""
+    await _feed(stream, names.SIGNUPS)
+
+
+@app.agent(orders_topic)
+async def credit_orders(stream: Any) -> None:
+    """Paid, refunded, completed and cancelled orders: the money."""
+    await _feed(stream, names.ORDERS)
+
+
+@app.agent(tiers_topic)
+async def assign_tiers(stream: Any) -> None:
+    """Tier changes that price later orders."""
+    await _feed(stream, names.TIERS)
+
+
+@app.task
+async def apply_in_sequence() -> None:
+    """The one loop that applies aligned events in order (see streams.sequencer)."""
+    await runtime.get().sequencer.run()
+
+
+@app.on_partitions_assigned.connect
+def _on_assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
+    """Track every assigned input partition, so an empty one still holds later events back until idle."""
+    seq = runtime.get().sequencer
+    for tp in assigned:
+        if tp.topic in names.TOPIC_RANK:
+            seq.assign(tp, names.TOPIC_RANK[tp.topic])
+
+
+@app.on_partitions_revoked.connect
+def _on_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
+    """Drop held events of partitions that moved away; they were not acked, the new owner reads them."""
+    seq = runtime.get().sequencer
+    for tp in revoked:
+        if tp.topic in names.TOPIC_RANK:
+            seq.revoke(tp)

@@ -1,0 +1,122 @@
+"""Event-time alignment: hold each event until no input partition can still deliver an earlier one.
+
+Each assigned partition has a watermark: the smallest sequence key its next record can have, which is
+(ts of the last record read, topic rank, "") because a partition delivers its records in ts order.
+An event is released once its key is below every other partition's watermark. A partition that has
+no lag and has delivered nothing for `grace` seconds is idle and holds nothing back.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+from streams.ledger import SeqKey
+
+INF_KEY: SeqKey = (2**62, 99, "")
+
+
+@dataclass(slots=True)
+class PartitionClock:
+    """What one input partition has delivered so far."""
+
+    rank: int
+    last_ts_ms: int | None = None
+    last_arrival: float = 0.0
+    lag: int | None = None
+    buffered: int = 0
+
+    def watermark(self, now: float, grace: float) -> SeqKey:
+        """The lowest key this partition can still deliver; INF when idle."""
+        idle = (self.lag is None or self.lag <= 0) and now - self.last_arrival >= grace
+        if idle:
+            return INF_KEY
+        if self.last_ts_ms is None:
+            return (-(2**62), self.rank, "")
+        return (self.last_ts_ms, self.rank, "")
+
+
+@dataclass(order=True, slots=True)
+class _Held:
+    key: SeqKey
+    seq: int
+    tp: Hashable = field(compare=False)
+    item: Any = field(compare=False)
+
+
+class Aligner:
+    """A min-heap of held events plus one clock per assigned partition."""
+
+    def __init__(self, grace_seconds: float, clock: Callable[[], float]) -> None:
+        self.grace = grace_seconds
+        self.clock = clock
+        self.parts: dict[Hashable, PartitionClock] = {}
+        self._heap: list[_Held] = []
+        self._seq = itertools.count()
+        self.released_upto: SeqKey | None = None
+        self.late = 0
+
+    def assign(self, tp: Hashable, rank: int) -> None:
+        """Start tracking a partition; it holds events back until it delivers or goes idle."""
+        if tp not in self.parts:
+            self.parts[tp] = PartitionClock(rank=rank, last_arrival=self.clock())
+
+    def revoke(self, tp: Hashable) -> list[Any]:
+        """Stop tracking a partition and hand back its held events (the new owner reads them again)."""
+        self.parts.pop(tp, None)
+        dropped = [h.item for h in self._heap if h.tp == tp]
+        if dropped:
+            self._heap = [h for h in self._heap if h.tp != tp]
+            heapq.heapify(self._heap)
+        return dropped
+
+    def add(self, tp: Hashable, key: SeqKey, item: Any, lag: int | None = None) -> None:
+        """Hold an event read from tp and advance that partition's watermark."""
+        part = self.parts[tp]
+        part.last_arrival = self.clock()
+        part.lag = lag
+        if part.last_ts_ms is None or key[0] > part.last_ts_ms:
+            part.last_ts_ms = key[0]
+        part.buffered += 1
+        heapq.heappush(self._heap, _Held(key, next(self._seq), tp, item))
+
+    def touch(self, tp: Hashable, lag: int | None) -> None:
+        """Record a partition's lag without an event (e.g. a skipped or invalid record)."""
+        part = self.parts.get(tp)
+        if part is not None:
+            part.last_arrival = self.clock()
+            part.lag = lag
+
+    def frontier(self) -> SeqKey:
+        """The lowest watermark over all partitions: everything below it is safe to apply."""
+        now = self.clock()
+        return min((p.watermark(now, self.grace) for p in self.parts.values()), default=INF_KEY)
+
+    def release(self, limit: int) -> list[tuple[SeqKey, Any]]:
+        """Pop, in key order, up to `limit` events that are below every partition's watermark."""
+        now = self.clock()
+        marks = {tp: p.watermark(now, self.grace) for tp, p in self.parts.items()}
+        out: list[tuple[SeqKey, Any]] = []
+        while self._heap and len(out) < limit:
+            top = self._heap[0]
+            if not all(top.key < m for m in marks.values()):
+                break
+            heapq.heappop(self._heap)
+            if top.tp in self.parts:
+                self.parts[top.tp].buffered -= 1
+            if self.released_upto is not None and top.key < self.released_upto:
+                self.late += 1
+            else:
+                self.released_upto = top.key
+            out.append((top.key, top.item))
+        return out
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def buffered_by_partition(self) -> dict[Hashable, int]:
+        """How many held events each partition has, for backpressure and the status view."""
+        return {tp: p.buffered for tp, p in self.parts.items()}

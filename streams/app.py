@@ -1,0 +1,27 @@
+"""The Faust application: one consumer group, raw bytes in and out (decoding happens in schemas.events)."""
+
+from __future__ import annotations
+
+import faust
+
+from streams.settings import get_settings
+
+_s = get_settings()
+
+app = faust.App(
+    _s.app_id,
+    broker=f"kafka://{_s.kafka}",
+    store="memory://",
+    topic_partitions=_s.partitions,
+    topic_allow_declare=False,
+    topic_disable_leader=True,
+    consumer_auto_offset_reset="earliest",
+    stream_wait_empty=False,
+    broker_commit_interval=1.0,
+    producer_acks=-1,
+    producer_linger_ms=5,
+    web_enabled=True,
+    web_port=_s.web_port,
+    web_host="127.0.0.1",
+    autodiscover=False,
+)

@@ -1,0 +1,238 @@
+"""Redis as the engine's state: the referral tree, tiers, clicks, locked orders, balances, dead ids.
+
+A batch is read with one Lua call (users with their whole ancestor chain, so chain resolution and the
+cycle check need no further trips) and written back with one MULTI/EXEC, so either all of a batch's
+decisions land or none do. Layout: docs/redis.md.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from schemas.events import Click, Event, Order, Signup, Tier
+from streams import names
+from streams.ledger import ClickMark, OrderState, SeqKey, State, TierMark, User
+
+CLICK_TTL_MARGIN_MS = 86_400_000
+MAX_CHAIN = 100_000
+
+_LOAD_LUA = """
+local req = cjson.decode(ARGV[1])
+local pu, pc, po, dl_key, settle_key = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local max_chain = tonumber(ARGV[7])
+local users, clicks, orders, dead = {}, {}, {}, {}
+local function hmap(key)
+  local flat = redis.call('HGETALL', key)
+  local m = {}
+  for i = 1, #flat, 2 do m[flat[i]] = flat[i + 1] end
+  return m, #flat > 0
+end
+local function walk(uid)
+  local n = 0
+  while uid and users[uid] == nil and n < max_chain do
+    local m, found = hmap(pu .. uid)
+    users[uid] = found and m or false
+    uid = found and m['i'] or nil
+    n = n + 1
+  end
+end
+for _, v in ipairs(req.visitors) do
+  local m, found = hmap(pc .. v)
+  clicks[v] = found and m or false
+  if found and m['r'] then walk(m['r']) end
+end
+for _, uid in ipairs(req.users) do walk(uid) end
+for _, oid in ipairs(req.orders) do
+  orders[oid] = redis.call('GET', po .. oid) or false
+end
+local due = redis.call('ZRANGEBYSCORE', settle_key, '-inf', req.settle_until, 'LIMIT', 0, req.settle_limit)
+for _, oid in ipairs(due) do
+  if orders[oid] == nil then orders[oid] = redis.call('GET', po .. oid) or false end
+end
+if #req.events > 0 then
+  local flags = redis.call('SMISMEMBER', dl_key, unpack(req.events))
+  for i, eid in ipairs(req.events) do if flags[i] == 1 then dead[#dead + 1] = eid end end
+end
+return cjson.encode({users = users, clicks = clicks, orders = orders, dead = dead, due = due})
+"""
+
+
+def _key_str(key: SeqKey) -> str:
+    return f"{key[0]}|{key[1]}|{key[2]}"
+
+
+def _key_parse(s: str) -> SeqKey:
+    ts, rank, eid = s.split("|", 2)
+    return (int(ts), int(rank), eid)
+
+
+def encode_order(o: OrderState) -> str:
+    """Compact JSON of an order's locked state (positional, to keep open orders small)."""
+    flags = (1 if o.cancelled else 0) | (2 if o.paid else 0) | (4 if o.settled else 0)
+    return json.dumps(
+        [o.buyer_id, o.campaign_id, flags, o.paid_cents, o.refunded_cents, o.beneficiaries, o.rates_bps,
+         o.max_total_bps, o.amounts, o.completed_event_id, o.settle_at_ms, o.event_ids],
+        separators=(",", ":"),
+    )
+
+
+def decode_order(s: str) -> OrderState:
+    """Inverse of encode_order."""
+    b, c, flags, paid, refunded, bens, rates, cap, amounts, completed, settle_at, eids = json.loads(s)
+    return OrderState(
+        buyer_id=b, campaign_id=c, cancelled=bool(flags & 1), paid=bool(flags & 2), settled=bool(flags & 4),
+        paid_cents=paid, refunded_cents=refunded, beneficiaries=bens, rates_bps=rates, max_total_bps=cap,
+        amounts=amounts, completed_event_id=completed, settle_at_ms=settle_at, event_ids=eids,
+    )
+
+
+@dataclass
+class BatchRequest:
+    """Which keys a batch of events can touch."""
+
+    users: set[str] = field(default_factory=set)
+    visitors: set[str] = field(default_factory=set)
+    orders: set[str] = field(default_factory=set)
+    events: list[str] = field(default_factory=list)
+
+    @classmethod
+    def for_events(cls, events: Iterable[Event]) -> BatchRequest:
+        """Collect every user, visitor, order and event id the rules may look at."""
+        req = cls()
+        for ev in events:
+            req.events.append(ev.event_id)
+            if isinstance(ev, Order):
+                req.orders.add(ev.order_id)
+                req.users.add(ev.buyer_id)
+                if ev.ref:
+                    req.users.add(ev.ref)
+                if ev.visitor_id:
+                    req.visitors.add(ev.visitor_id)
+            elif isinstance(ev, Signup):
+                req.users.add(ev.user_id)
+                if ev.ref:
+                    req.users.add(ev.ref)
+                if ev.visitor_id:
+                    req.visitors.add(ev.visitor_id)
+            elif isinstance(ev, Click):
+                req.visitors.add(ev.visitor_id)
+                req.users.add(ev.ref)
+            elif isinstance(ev, Tier):
+                req.users.add(ev.user_id)
+        return req
+
+
+class RedisStore:
+    """Loads a batch's slice of state and writes back what the ledger changed, atomically."""
+
+    def __init__(self, url: str, attribution_window_ms: int) -> None:
+        self.redis = aioredis.Redis.from_url(url, decode_responses=True)
+        self._load = self.redis.register_script(_LOAD_LUA)
+        self.click_ttl_ms = attribution_window_ms + CLICK_TTL_MARGIN_MS
+
+    async def close(self) -> None:
+        """Release the connection pool."""
+        await self.redis.aclose()
+
+    async def ping(self) -> bool:
+        """Whether Redis answers."""
+        return bool(await self.redis.ping())
+
+    async def load(self, req: BatchRequest, settle_until_ms: int, settle_limit: int = 10_000) -> State:
+        """One round trip: the batch's users with full ancestor chains, clicks, orders, due settlements, dead ids."""
+        payload = {
+            "users": sorted(req.users),
+            "visitors": sorted(req.visitors),
+            "orders": sorted(req.orders),
+            "events": req.events,
+            "settle_until": settle_until_ms,
+            "settle_limit": settle_limit,
+        }
+        raw = await self._load(
+            args=[json.dumps(payload), names.KEY_USER, names.KEY_CLICK, names.KEY_ORDER, names.KEY_DEAD,
+                  names.KEY_SETTLE, MAX_CHAIN],
+        )
+        data: dict[str, Any] = json.loads(raw)
+        state = State(complete=False)
+        for uid, m in _as_map(data["users"]).items():
+            state.users[uid] = _user(m) if m and "t" in m else None
+            state.tiers[uid] = TierMark(m["r"], _key_parse(m["k"])) if m and "r" in m else None
+        for v in req.visitors:
+            state.clicks[v] = None
+        for v, m in _as_map(data["clicks"]).items():
+            state.clicks[v] = ClickMark(int(m["t"]), m["r"], _key_parse(m["k"])) if m else None
+        for oid in req.orders:
+            state.orders[oid] = None
+        for oid, s in _as_map(data["orders"]).items():
+            state.orders[oid] = decode_order(s) if s else None
+        for oid in _as_list(data["due"]):
+            o = state.orders.get(oid)
+            if o is not None and o.settle_at_ms is not None and not o.settled:
+                state.settle_index[oid] = o.settle_at_ms
+        state.dead_ids = set(_as_list(data["dead"]))
+        state.dead_checked = set(req.events)
+        return state
+
+    async def commit(self, state: State, position: SeqKey | None) -> None:
+        """Write every change of the batch in one MULTI/EXEC."""
+        async with self.redis.pipeline(transaction=True) as p:
+            for uid in state.dirty_users:
+                u = state.users[uid]
+                assert u is not None
+                fields = {"t": u.signup_ms, "d": 1 if u.distributor else 0, "e": u.signup_event_id}
+                if u.inviter is not None:
+                    fields["i"] = u.inviter
+                p.hset(names.KEY_USER + uid, mapping=fields)
+            for uid in state.dirty_tiers:
+                mark = state.tiers[uid]
+                assert mark is not None
+                p.hset(names.KEY_USER + uid, mapping={"r": mark.tier, "k": _key_str(mark.key)})
+            for v in state.dirty_clicks:
+                c = state.clicks[v]
+                assert c is not None
+                p.hset(names.KEY_CLICK + v, mapping={"t": c.ts_ms, "r": c.ref, "k": _key_str(c.key)})
+                p.pexpire(names.KEY_CLICK + v, self.click_ttl_ms)
+            for oid in state.dirty_orders:
+                o = state.orders[oid]
+                assert o is not None
+                p.set(names.KEY_ORDER + oid, encode_order(o))
+                if o.settle_at_ms is not None and not o.settled:
+                    p.zadd(names.KEY_SETTLE, {oid: o.settle_at_ms})
+                else:
+                    p.zrem(names.KEY_SETTLE, oid)
+            for uid, b in state.balance_deltas.items():
+                k = names.KEY_BALANCE + uid
+                p.hincrby(k, "p", b.pending)
+                p.hincrby(k, "a", b.available)
+                p.hincrby(k, "l", b.earned)
+            if state.new_dead_ids:
+                p.sadd(names.KEY_DEAD, *state.new_dead_ids)
+            if position is not None:
+                p.hset(names.KEY_SEQ, mapping={"applied": _key_str(position)})
+            await p.execute()
+
+    async def balances(self) -> dict[str, dict[str, int]]:
+        """Every beneficiary's pending and available cents (for tests and reports)."""
+        out: dict[str, dict[str, int]] = {}
+        async for key in self.redis.scan_iter(match=names.KEY_BALANCE + "*", count=1000):
+            m = await self.redis.hgetall(key)
+            out[key[len(names.KEY_BALANCE):]] = {"available_cents": int(m.get("a", 0)), "pending_cents": int(m.get("p", 0))}
+        return out
+
+
+def _user(m: dict[str, str]) -> User:
+    return User(signup_ms=int(m["t"]), distributor=m.get("d") == "1", inviter=m.get("i"), signup_event_id=m["e"])
+
+
+def _as_map(v: Any) -> dict[str, Any]:
+    """cjson encodes an empty table as {} or []; both mean nothing loaded."""
+    return v if isinstance(v, dict) else {}
+
+
+def _as_list(v: Any) -> list[Any]:
+    return v if isinstance(v, list) else []

@@ -1,0 +1,215 @@
+"""The worker's core loop: release aligned events in batches, apply them, emit outputs, then commit.
+
+Order of effects per batch, chosen for crash safety with at-least-once delivery:
+1. load the batch's state from Redis (one Lua call);
+2. apply the rules in memory (streams.ledger);
+3. produce every output and wait for the broker's acks (ids are deterministic, so a replay rewrites them);
+4. write the state back in one MULTI/EXEC (applied event ids go with it, so a replay is recognised);
+5. ack the input records, so their offsets can be committed.
+A crash before 4 replays the batch from the same state and produces the same records again; a crash
+after 4 replays events the state already shows as applied, which then change nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from schemas.events import Event, format_ts
+from streams.alignment import INF_KEY, Aligner
+from streams.config import Program
+from streams.ledger import Binding, Entry, Ledger, SeqKey
+from streams.referral_store import BatchRequest, RedisStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Held:
+    """A decoded input record waiting for its turn, with what is needed to dead-letter and ack it."""
+
+    event: Event
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    raw: bytes
+    ack: Callable[[], Any]
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    """A refused record: the fenxiao.dead-letters value, keyed as its input."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    event_id: str | None
+    reason: str
+    detail: str
+    raw: bytes
+    ts: str
+
+    def as_record(self) -> dict[str, object]:
+        """The fenxiao.dead-letters value."""
+        return {
+            "topic": self.topic,
+            "partition": self.partition,
+            "offset": self.offset,
+            "event_id": self.event_id,
+            "reason": self.reason,
+            "detail": self.detail,
+            "raw": self.raw.decode("utf-8", errors="backslashreplace"),
+            "ts": self.ts,
+        }
+
+
+class Outputs(Protocol):
+    """Where a batch's records go; returns once the broker has acknowledged all of them."""
+
+    def send_all(
+        self, entries: Sequence[Entry], bindings: Sequence[Binding], dead: Sequence[DeadLetter]
+    ) -> Awaitable[None]: ...
+
+
+@dataclass
+class Stats:
+    """Counters for the status view and logs."""
+
+    applied: int = 0
+    batches: int = 0
+    entries: int = 0
+    dead_letters: int = 0
+    duplicates: int = 0
+    last_batch_ms: float = 0.0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class Sequencer:
+    """Owns the aligner and runs the apply loop; agents only offer records to it."""
+
+    def __init__(
+        self,
+        program: Program,
+        store: RedisStore,
+        outputs: Outputs,
+        *,
+        batch_size: int = 2000,
+        clock: Callable[[], float] = time.monotonic,
+        wall_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+    ) -> None:
+        self.program = program
+        self.store = store
+        self.outputs = outputs
+        self.batch_size = batch_size
+        self.aligner = Aligner(program.ordering_grace_seconds, clock)
+        self.clock = clock
+        self.wall_ms = wall_ms
+        self.wakeup = asyncio.Event()
+        self.stats = Stats()
+        self._last_settle_check = 0.0
+        self._stopping = False
+
+    def assign(self, tp: Hashable, rank: int) -> None:
+        """A partition was assigned: it now holds events back until it delivers or goes idle."""
+        self.aligner.assign(tp, rank)
+
+    def revoke(self, tp: Hashable) -> None:
+        """A partition went to another worker: forget its held events unacked, the new owner reads them."""
+        self.aligner.revoke(tp)
+
+    def offer(self, tp: Hashable, rank: int, key: SeqKey, held: Held, lag: int | None) -> None:
+        """Hold a decoded event until alignment releases it."""
+        self.aligner.assign(tp, rank)
+        self.aligner.add(tp, key, held, lag)
+        self.wakeup.set()
+
+    async def dead_letter_now(self, dl: DeadLetter) -> None:
+        """Refuse a record that is not an event at all; it needs no place in the sequence."""
+        await self.outputs.send_all([], [], [dl])
+        self.stats.dead_letters += 1
+
+    async def run(self) -> None:
+        """Apply batches until stopped; wakes on new events and at least every 100 ms for idle partitions."""
+        while not self._stopping:
+            try:
+                await asyncio.wait_for(self.wakeup.wait(), timeout=0.1)
+            except TimeoutError:
+                pass
+            self.wakeup.clear()
+            while await self.step():
+                pass
+
+    def stop(self) -> None:
+        """Let the loop finish its current batch and return."""
+        self._stopping = True
+        self.wakeup.set()
+
+    def _settle_until(self) -> int:
+        """Settle what the wall clock has passed, but not past what every partition has delivered."""
+        now = self.wall_ms()
+        frontier = self.aligner.frontier()
+        if frontier == INF_KEY:
+            return now
+        return min(now, frontier[0] - 1)
+
+    async def step(self) -> bool:
+        """Apply one released batch (and due settlements); True if there may be more to do at once."""
+        batch = self.aligner.release(self.batch_size)
+        now = self.clock()
+        if not batch and now - self._last_settle_check < 0.5:
+            return False
+        self._last_settle_check = now
+        settle_until = self._settle_until()
+        t0 = time.perf_counter()
+        events = [h.event for _, h in batch]
+        state = await self.store.load(BatchRequest.for_events(events), settle_until)
+        if not batch and not state.settle_index:
+            return False
+        ledger = Ledger(self.program, state)
+        entries: list[Entry] = []
+        bindings: list[Binding] = []
+        dead: list[DeadLetter] = []
+        for key, h in batch:
+            entries.extend(ledger.settle_due(min(key[0] - 1, settle_until)))
+            res = ledger.apply(h.event, key)
+            if res.duplicate:
+                self.stats.duplicates += 1
+            entries.extend(res.entries)
+            bindings.extend(res.bindings)
+            if res.rejection:
+                dead.append(
+                    DeadLetter(h.topic, h.partition, h.offset, h.key, h.event.event_id, res.rejection, res.detail, h.raw,
+                               h.event.ts)
+                )
+        entries.extend(ledger.settle_due(settle_until))
+        await self.outputs.send_all(entries, bindings, dead)
+        await self.store.commit(state, batch[-1][0] if batch else None)
+        for _, h in batch:
+            h.ack()
+        self.stats.applied += len(batch)
+        self.stats.batches += 1
+        self.stats.entries += len(entries)
+        self.stats.dead_letters += len(dead)
+        self.stats.last_batch_ms = (time.perf_counter() - t0) * 1000
+        return len(batch) == self.batch_size
+
+    def status(self) -> dict[str, object]:
+        """What the loop holds and has done, for /status and the demo's live view."""
+        frontier = self.aligner.frontier()
+        return {
+            "held": len(self.aligner),
+            "late": self.aligner.late,
+            "frontier": None if frontier == INF_KEY else format_ts(max(frontier[0], 0)),
+            "applied": self.stats.applied,
+            "batches": self.stats.batches,
+            "entries": self.stats.entries,
+            "dead_letters": self.stats.dead_letters,
+            "duplicates": self.stats.duplicates,
+            "last_batch_ms": round(self.stats.last_batch_ms, 2),
+        }

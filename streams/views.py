@@ -1,0 +1,20 @@
+"""HTTP views served by the worker: health and the sequencer's status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from streams import runtime
+from streams.app import app
+
+
+@app.page("/health")
+async def health(web: Any, request: Any) -> Any:
+    """Liveness for orchestrators; carries nothing private."""
+    return web.json({"ok": True})
+
+
+@app.page("/status")
+async def status(web: Any, request: Any) -> Any:
+    """What the sequencer holds and has applied."""
+    return web.json(runtime.get().sequencer.status())

@@ -1,0 +1,57 @@
+"""`fenxiao worker`: validate config, check the services, create topics, then run the Faust worker."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+from streams import names
+from streams.config import ConfigError, load
+from streams.settings import get_settings
+
+
+class WorkerError(Exception):
+    """A start-up problem with a fix the operator can apply."""
+
+
+async def _redis_answers(url: str) -> bool:
+    import redis.asyncio as aioredis
+
+    r = aioredis.Redis.from_url(url, socket_connect_timeout=2)
+    try:
+        return bool(await r.ping())
+    except Exception:
+        return False
+    finally:
+        await r.aclose()
+
+
+def run(config_path: str | None, loglevel: str = "info") -> int:
+    """Start the worker in the foreground; returns when it is stopped (SIGINT/SIGTERM)."""
+    settings = get_settings()
+    path = Path(config_path) if config_path else settings.config
+    try:
+        program = load(path)
+    except ConfigError as e:
+        raise WorkerError(str(e)) from e
+    from streams import stack
+
+    if not stack.kafka_answers(settings.kafka, timeout=5.0):
+        raise WorkerError(f"Kafka does not answer at {settings.kafka}: run `fenxiao stack up` or set {names.ENV_KAFKA}")
+    if not asyncio.run(_redis_answers(settings.redis_url.get_secret_value())):
+        raise WorkerError(f"Redis does not answer: run `fenxiao stack up` or set {names.ENV_REDIS_URL}")
+    stack.ensure_topics(settings.kafka, settings.partitions)
+    os.environ[names.ENV_CONFIG] = str(path)
+
+    from streams import runtime
+
+    runtime.init(settings, program)
+    import faust
+
+    from streams import agents, timers, views  # noqa: F401  (registers agents, timers and pages)
+    from streams.app import app
+
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    worker.execute_from_commandline()
+    return 0

@@ -1,0 +1,151 @@
+"""Test support: produce scenario records, read back every output topic, wait for the expected outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from streams import names, outcome
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+
+
+def load_records(name: str) -> list[dict[str, Any]]:
+    """A spec example's input records."""
+    with open(FIXTURES / name / "events.jsonl", encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def load_expected(name: str) -> dict[str, Any]:
+    """A spec example's expected outcome."""
+    return json.loads((FIXTURES / name / "expected.json").read_text(encoding="utf-8"))
+
+
+def _bytes(v: Any) -> bytes:
+    if isinstance(v, bytes):
+        return v
+    if isinstance(v, str):
+        return v.encode("utf-8")
+    return json.dumps(v, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+async def produce(bootstrap: str, records: Iterable[Mapping[str, Any]]) -> int:
+    """Produce records in the given order, keyed as the spec says, and wait for every ack."""
+    p = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await p.start()
+    n = 0
+    try:
+        futs = []
+        for r in records:
+            key = r.get("key")
+            futs.append(await p.send(r["topic"], key=None if key is None else _bytes(key), value=_bytes(r["value"])))
+            n += 1
+        await asyncio.gather(*futs)
+    finally:
+        await p.stop()
+    return n
+
+
+@dataclass
+class Outputs:
+    """Everything read from the output topics so far."""
+
+    entries: list[dict[str, Any]] = field(default_factory=list)
+    bindings: list[dict[str, Any]] = field(default_factory=list)
+    dead_letters: list[dict[str, Any]] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """In expected.json's shape (entries deduplicated by entry_id, latest binding per user)."""
+        return outcome.summarize(self.entries, self.bindings, self.dead_letters)
+
+
+async def read_outputs(bootstrap: str, timeout: float = 5.0) -> Outputs:
+    """Read the three output topics from the beginning to their current end."""
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+    await c.start()
+    out = Outputs()
+    try:
+        md = await c._client.fetch_all_metadata()
+        tps = [TopicPartition(t, p) for t in names.OUTPUT_TOPICS for p in (md.partitions_for_topic(t) or set())]
+        c.assign(tps)
+        await c.seek_to_beginning(*tps)
+        end = await c.end_offsets(tps)
+        deadline = time.monotonic() + timeout
+        pos = {tp: 0 for tp in tps}
+        while any(pos[tp] < end[tp] for tp in tps) and time.monotonic() < deadline:
+            batch = await c.getmany(timeout_ms=200)
+            for tp, msgs in batch.items():
+                for m in msgs:
+                    pos[tp] = m.offset + 1
+                    v = json.loads(m.value)
+                    {names.COMMISSIONS: out.entries, names.BINDINGS: out.bindings, names.DEAD_LETTERS: out.dead_letters}[
+                        tp.topic
+                    ].append(v)
+        # Bindings are compacted state: the latest per user wins; order them by ts within a user.
+        out.bindings.sort(key=lambda b: b["ts"])
+    finally:
+        await c.stop()
+    return out
+
+
+async def wait_for_outcome(bootstrap: str, expected: Mapping[str, Any], timeout: float) -> tuple[Outputs, list[str]]:
+    """Poll the outputs until they equal `expected` or time runs out; returns the last read and its diff."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = await read_outputs(bootstrap)
+        d = outcome.diff(out.summary(), expected)
+        if not d or time.monotonic() > deadline:
+            return out, d
+        await asyncio.sleep(1.0)
+
+
+class WorkerProcess:
+    """`fenxiao worker` as a real subprocess, so it can be killed like production kills it."""
+
+    def __init__(self, config: Path, env: Mapping[str, str], log: Path) -> None:
+        self.config, self.env, self.log = config, dict(env), log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        """Start the worker; its output goes to the log file."""
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        f = open(self.log, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "worker", "--config", str(self.config), "--loglevel", "warning"],
+            env={**os.environ, **self.env}, stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown hooks, no final commit."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> int | None:
+        """SIGTERM and wait for a clean exit."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.proc.returncode if self.proc else None
+
+    def log_tail(self, n: int = 40) -> str:
+        """The last lines the worker printed, for failure messages."""
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+        except FileNotFoundError:
+            return "(no log)"
