@@ -1,0 +1,34 @@
+"""Session fixtures for integration tests: a private Kafka + Redis stack on free ports, torn down at the end."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from streams import stack as stack_mod
+
+HERE = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark everything under tests/integration, so `-m "not integration"` gives the fast unit run."""
+    for item in items:
+        if HERE in item.path.parents:
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[stack_mod.RunningStack]:
+    """A real broker and redis-server for this session only; a start failure fails the tests, never skips them."""
+    with contextlib.ExitStack() as cleanup:
+        problem = ""
+        try:
+            running = cleanup.enter_context(stack_mod.isolated_stack(tmp_path_factory.mktemp("stack"), partitions=4))
+        except stack_mod.StackError as e:
+            problem = str(e)
+        if problem:
+            pytest.fail(f"the integration stack did not start: {problem}", pytrace=False)
+        yield running
