@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StrictBool, StrictInt, StrictStr, ValidationError, field_validator
 
 from streams import names
 
@@ -43,7 +43,7 @@ class _Event(BaseModel):
 
     event_id: Id
     ts: StrictStr
-    ts_ms: int = 0
+    _ts_ms: int = PrivateAttr(default=0)
 
     @field_validator("ts")
     @classmethod
@@ -52,7 +52,12 @@ class _Event(BaseModel):
         return v
 
     def model_post_init(self, __context: Any) -> None:
-        object.__setattr__(self, "ts_ms", parse_ts_ms(self.ts))
+        self._ts_ms = parse_ts_ms(self.ts)
+
+    @property
+    def ts_ms(self) -> int:
+        """The event time in epoch milliseconds (not a field: producers may send their own ts_ms)."""
+        return self._ts_ms
 
 
 class Click(_Event):
@@ -62,8 +67,8 @@ class Click(_Event):
     ref: Id
     campaign_id: Id | None = None
     product_id: Id | None = None
-    ip: Annotated[StrictStr, Field(max_length=64)] | None = None
-    user_agent: Annotated[StrictStr, Field(max_length=2048)] | None = None
+    ip: StrictStr | None = None
+    user_agent: StrictStr | None = None
 
 
 class Signup(_Event):

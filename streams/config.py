@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, model_validator
 
 DEFAULT_TIER = "standard"
 
@@ -32,7 +32,7 @@ class ProgramSection(_Strict):
     """The [program] table: the default plan."""
 
     levels: Annotated[int, Field(ge=1, le=3, strict=True)] = 3
-    self_purchase: bool = False
+    self_purchase: StrictBool = False
     attribution_window_seconds: Annotated[int, Field(ge=0, strict=True)] = 604_800
     freeze_seconds: Annotated[int, Field(ge=0, strict=True)] = 604_800
     max_total_bps: Bps = 3000
@@ -42,7 +42,7 @@ class CampaignSection(_Strict):
     """A [campaigns.X] table: overrides for orders carrying that campaign_id."""
 
     levels: Annotated[int, Field(ge=1, le=3, strict=True)] | None = None
-    self_purchase: bool | None = None
+    self_purchase: StrictBool | None = None
     max_total_bps: Bps | None = None
     tiers: dict[str, TierRates] = Field(default_factory=dict)
 

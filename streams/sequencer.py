@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import time
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
@@ -102,6 +104,7 @@ class Sequencer:
         batch_size: int = 2000,
         clock: Callable[[], float] = time.monotonic,
         wall_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        crash_at: str | None = None,
     ) -> None:
         self.program = program
         self.store = store
@@ -114,6 +117,14 @@ class Sequencer:
         self.stats = Stats()
         self._last_settle_check = 0.0
         self._stopping = False
+        self._crash_point, _, n = (crash_at or "").partition(":")
+        self._crash_batch = int(n) if n else 0
+
+    def _maybe_crash(self, point: str) -> None:
+        """Fault injection for the crash tests: die like `kill -9` at a chosen point of a chosen batch."""
+        if self._crash_point == point and self.stats.batches + 1 == self._crash_batch:
+            log.warning("fault injection: SIGKILL at %s of batch %d", point, self._crash_batch)
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def assign(self, tp: Hashable, rank: int) -> None:
         """A partition was assigned: it now holds events back until it delivers or goes idle."""
@@ -188,8 +199,11 @@ class Sequencer:
                                h.event.ts)
                 )
         entries.extend(ledger.settle_due(settle_until))
+        self._maybe_crash("before_produce")
         await self.outputs.send_all(entries, bindings, dead)
+        self._maybe_crash("after_produce")
         await self.store.commit(state, batch[-1][0] if batch else None)
+        self._maybe_crash("after_commit")
         for _, h in batch:
             h.ack()
         self.stats.applied += len(batch)

@@ -29,6 +29,12 @@ class Settings(BaseSettings):
     )
     app_id: str = Field(default="fenxiao", validation_alias=AliasChoices(names.ENV_APP_ID))
     config: Path = Field(default=Path("fenxiao.toml"), validation_alias=AliasChoices(names.ENV_CONFIG))
+    batch_size: int = Field(default=2000, ge=1, le=100_000, validation_alias=AliasChoices(names.ENV_BATCH_SIZE))
+    crash_at: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices(names.ENV_CRASH_AT),
+        description="fault injection for tests: POINT:BATCH kills the worker with SIGKILL there",
+    )
     web_port: int = Field(default=6066, validation_alias=AliasChoices(names.ENV_WEB_PORT))
 
     @property

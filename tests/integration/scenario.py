@@ -149,3 +149,53 @@ class WorkerProcess:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
         except FileNotFoundError:
             return "(no log)"
+
+
+async def reset_topics(bootstrap: str, partitions: int) -> None:
+    """Delete and recreate every contract topic, so each test starts from empty topics."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from streams import stack
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        doomed = [t for t in (*names.INPUT_TOPICS, *names.OUTPUT_TOPICS) if t in existing]
+        if doomed:
+            await admin.delete_topics(doomed)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and set(doomed) & set(await admin.list_topics()):
+            await asyncio.sleep(0.2)
+    finally:
+        await admin.close()
+    for attempt in range(50):
+        try:
+            await asyncio.to_thread(stack.ensure_topics, bootstrap, partitions)
+            return
+        except Exception:
+            if attempt == 49:
+                raise
+            await asyncio.sleep(0.3)
+
+
+def http_json(port: int, path: str, timeout: float = 2.0) -> Any:
+    """GET a worker page and decode its JSON."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def wait_http(port: int, path: str, timeout: float, proc: WorkerProcess) -> None:
+    """Wait until the worker serves `path`; fail with its log if it died or never answered."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.proc is not None and proc.proc.poll() is not None:
+            raise AssertionError(f"worker exited with {proc.proc.returncode}:\n{proc.log_tail()}")
+        try:
+            http_json(port, path)
+            return
+        except OSError:
+            time.sleep(0.3)
+    raise AssertionError(f"worker did not answer {path} within {timeout}s:\n{proc.log_tail()}")

@@ -1,0 +1,167 @@
+"""The spec's examples through the real pipeline: live, as a backlog, and across SIGKILLs."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from streams import stack as stack_mod
+from streams.referral_store import RedisStore
+from tests.integration import scenario
+
+EXAMPLES = ["basic", "two-level", "messy"]
+OUTCOME_TIMEOUT = 90.0
+
+
+@dataclass
+class Env:
+    """One test's private pipeline: fresh topics and Redis, its own consumer group, port and data dir."""
+
+    stack: Any
+    env: dict[str, str]
+    tmp: Path
+    web_port: int
+
+    def config(self, example: str) -> Path:
+        """The example's fenxiao.toml with a short idle grace, so a finished scenario settles quickly."""
+        text = (scenario.FIXTURES / example / "fenxiao.toml").read_text()
+        path = self.tmp / f"{example}.toml"
+        path.write_text(text + "\n[pipeline]\nordering_grace_seconds = 1\n")
+        return path
+
+    def worker(self, example: str, **extra_env: str) -> scenario.WorkerProcess:
+        """A worker subprocess for this test, started and answering."""
+        w = scenario.WorkerProcess(self.config(example), {**self.env, **extra_env}, self.tmp / "worker.log").start()
+        scenario.wait_http(self.web_port, "/health", 90, w)
+        return w
+
+    def produce(self, records: list[dict[str, Any]]) -> None:
+        """Produce records and wait for the broker's acks."""
+        asyncio.run(scenario.produce(self.stack.bootstrap, records))
+
+    def outcome(self, expected: dict[str, Any], timeout: float = OUTCOME_TIMEOUT) -> tuple[scenario.Outputs, list[str]]:
+        """Wait for the output topics to reach `expected`."""
+        return asyncio.run(scenario.wait_for_outcome(self.stack.bootstrap, expected, timeout))
+
+    def redis_balances(self) -> dict[str, dict[str, int]]:
+        """Every beneficiary's balances as Redis holds them."""
+
+        async def read() -> dict[str, dict[str, int]]:
+            s = RedisStore(self.stack.redis_url, 0)
+            try:
+                return await s.balances()
+            finally:
+                await s.close()
+
+        return asyncio.run(read())
+
+
+@pytest.fixture
+def pipe(stack: Any, tmp_path: Path) -> Iterator[Env]:
+    """Empty topics, an empty Redis db and a new consumer group for each test."""
+    import redis
+
+    asyncio.run(scenario.reset_topics(stack.bootstrap, 4))
+    redis.Redis.from_url(stack.redis_url).flushdb()
+    (port,) = stack_mod.pick_free_ports(1)
+    env = {
+        "FENXIAO_KAFKA": stack.bootstrap,
+        "FENXIAO_REDIS_URL": stack.redis_url,
+        "FENXIAO_APP_ID": f"fx-test-{uuid.uuid4().hex[:8]}",
+        "FENXIAO_WEB_PORT": str(port),
+        "FENXIAO_VAR_DIR": str(tmp_path / "var"),
+        "FENXIAO_PARTITIONS": "4",
+    }
+    yield Env(stack, env, tmp_path, port)
+    shutil.rmtree(tmp_path / "var", ignore_errors=True)
+
+
+def assert_outcome(pipe: Env, example: str, out: scenario.Outputs, diff: list[str], *workers: Any) -> None:
+    """Topics and Redis balances equal expected.json; a replayed entry_id carries the very same record."""
+    logs = "\n".join(w.log_tail() for w in workers)
+    assert not diff, "outputs differ from expected.json:\n" + "\n".join(diff) + "\n--- worker log:\n" + logs
+    by_id: dict[str, dict[str, Any]] = {}
+    for e in out.entries:
+        first = by_id.setdefault(e["entry_id"], e)
+        assert first == e, f"entry {e['entry_id']} was rewritten with different content: {first} vs {e}"
+    assert pipe.redis_balances() == scenario.load_expected(example)["balances"]
+
+
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_live(pipe: Env, example: str) -> None:
+    """Worker running first, then the scenario arrives."""
+    w = pipe.worker(example)
+    try:
+        pipe.produce(scenario.load_records(example))
+        out, diff = pipe.outcome(scenario.load_expected(example))
+        assert_outcome(pipe, example, out, diff, w)
+    finally:
+        w.stop()
+
+
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_backlog(pipe: Env, example: str) -> None:
+    """Every topic full before the worker starts: topics are consumed at different event-time speeds."""
+    pipe.produce(scenario.load_records(example))
+    w = pipe.worker(example, FENXIAO_BATCH_SIZE="97")
+    try:
+        out, diff = pipe.outcome(scenario.load_expected(example))
+        assert_outcome(pipe, example, out, diff, w)
+    finally:
+        w.stop()
+
+
+def test_sigkill_mid_scenario_and_restart(pipe: Env) -> None:
+    """SIGKILL after part of the scenario is applied, more input while it is down, then a restart."""
+    example = "messy"
+    records = scenario.load_records(example)
+    third = len(records) // 3
+    w = pipe.worker(example, FENXIAO_BATCH_SIZE="40")
+    try:
+        pipe.produce(records[:third])
+        deadline = time.monotonic() + 60
+        while scenario.http_json(pipe.web_port, "/status")["applied"] == 0:
+            assert time.monotonic() < deadline, "nothing was applied before the kill"
+            time.sleep(0.1)
+        pipe.produce(records[third : 2 * third])
+        w.kill()
+        pipe.produce(records[2 * third :])
+    finally:
+        w.kill()
+    w2 = pipe.worker(example, FENXIAO_BATCH_SIZE="40")
+    try:
+        out, diff = pipe.outcome(scenario.load_expected(example))
+        assert_outcome(pipe, example, out, diff, w2)
+    finally:
+        w2.stop()
+
+
+@pytest.mark.parametrize("point", ["before_produce", "after_produce", "after_commit"])
+def test_crash_inside_a_batch(pipe: Env, point: str) -> None:
+    """The worker dies by SIGKILL at a chosen point of its 3rd batch; the restarted worker ends exact."""
+    example = "messy"
+    pipe.produce(scenario.load_records(example))
+    w = scenario.WorkerProcess(
+        pipe.config(example), {**pipe.env, "FENXIAO_BATCH_SIZE": "50", "FENXIAO_CRASH_AT": f"{point}:3"},
+        pipe.tmp / "worker.log",
+    ).start()
+    assert w.proc is not None
+    try:
+        rc = w.proc.wait(120)
+    finally:
+        w.kill()
+    assert rc == -9, f"the worker should have killed itself at {point}, exit {rc}:\n{w.log_tail()}"
+    w2 = pipe.worker(example, FENXIAO_BATCH_SIZE="50")
+    try:
+        out, diff = pipe.outcome(scenario.load_expected(example))
+        assert_outcome(pipe, example, out, diff, w2)
+    finally:
+        w2.stop()
