@@ -31,8 +31,17 @@ async def _feed(stream: Any, topic: str) -> None:
         decoded = decode(topic, msg.value)
         lag = _lag(msg.tp, msg.offset)
         if isinstance(decoded, Invalid):
-            dl = DeadLetter(topic, msg.tp.partition, msg.offset, msg.key, decoded.event_id, INVALID_EVENT,
-                            decoded.detail, raw, decoded.ts or format_ts(int(msg.timestamp * 1000)))
+            dl = DeadLetter(
+                topic,
+                msg.tp.partition,
+                msg.offset,
+                msg.key,
+                decoded.event_id,
+                INVALID_EVENT,
+                decoded.detail,
+                raw,
+                decoded.ts or format_ts(int(msg.timestamp * 1000)),
+            )
             await seq.dead_letter_now(dl)
             seq.aligner.touch(msg.tp, lag)
             event.ack()
@@ -65,13 +74,13 @@ async def assign_tiers(stream: Any) -> None:
     await _feed(stream, names.TIERS)
 
 
-@app.task
+@app.task  # type: ignore[untyped-decorator]
 async def apply_in_sequence() -> None:
     """The one loop that applies aligned events in order (see streams.sequencer)."""
     await runtime.get().sequencer.run()
 
 
-@app.on_partitions_assigned.connect
+@app.on_partitions_assigned.connect  # type: ignore[arg-type]
 def _on_assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
     """Track every assigned input partition, so an empty one still holds later events back until idle."""
     seq = runtime.get().sequencer
@@ -80,7 +89,7 @@ def _on_assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
             seq.assign(tp, names.TOPIC_RANK[tp.topic])
 
 
-@app.on_partitions_revoked.connect
+@app.on_partitions_revoked.connect  # type: ignore[arg-type]
 def _on_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
     """Drop held events of partitions that moved away; they were not acked, the new owner reads them."""
     seq = runtime.get().sequencer

@@ -117,7 +117,12 @@ class Binding:
 
     def as_record(self) -> dict[str, object]:
         """The fenxiao.bindings value."""
-        return {"user_id": self.user_id, "inviter_id": self.inviter_id, "ts": format_ts(self.ts_ms), "source": self.source}
+        return {
+            "user_id": self.user_id,
+            "inviter_id": self.inviter_id,
+            "ts": format_ts(self.ts_ms),
+            "source": self.source,
+        }
 
 
 @dataclass(slots=True)
@@ -317,7 +322,12 @@ class Ledger:
         if self.state.is_dead(ev.event_id):
             return Outcome(duplicate=True)
         out = Outcome()
-        if order is not None and order.settle_at_ms is not None and not order.settled and order.settle_at_ms <= ev.ts_ms:
+        if (
+            order is not None
+            and order.settle_at_ms is not None
+            and not order.settled
+            and order.settle_at_ms <= ev.ts_ms
+        ):
             out.entries.extend(self._settle(ev.order_id, order))
         if ev.type == "paid":
             step = self._paid(ev, order)
@@ -414,7 +424,9 @@ class Ledger:
         after = commission.split(order.paid_cents - order.refunded_cents, order.rates_bps, order.max_total_bps)
         kind = CLAWED_BACK if order.settled else REVERSED
         entries = []
-        for level, (b, d) in enumerate(zip(order.beneficiaries, commission.deltas(order.amounts, after), strict=True), 1):
+        for level, (b, d) in enumerate(
+            zip(order.beneficiaries, commission.deltas(order.amounts, after), strict=True), 1
+        ):
             if b is not None and d != 0:
                 entries.append(self._entry(ev.event_id, ev.ts_ms, ev.order_id, order, b, level, kind, d))
         order.amounts = after
@@ -471,7 +483,15 @@ class Ledger:
         return entries
 
     def _entry(
-        self, source: str, ts_ms: int, order_id: str, order: OrderState, beneficiary: str, level: int, kind: str, amount: int
+        self,
+        source: str,
+        ts_ms: int,
+        order_id: str,
+        order: OrderState,
+        beneficiary: str,
+        level: int,
+        kind: str,
+        amount: int,
     ) -> Entry:
         entry = Entry(
             entry_id=f"{source}:{level}:{kind}",

@@ -32,7 +32,9 @@ ENV_CRASH_AT = "FENXIAO_CRASH_AT"
 
 # Redis keys. Prefix "fx:"; see docs/redis.md for the full layout.
 REDIS_PREFIX = "fx:"
-KEY_USER = "fx:u:"  # + user_id -> hash (i inviter, t signup ts ms, d distributor, e signup event id, r tier, rt tier ts key)
+KEY_USER = (
+    "fx:u:"  # + user_id -> hash (i inviter, t signup ts ms, d distributor, e signup event id, r tier, rt tier ts key)
+)
 KEY_CLICK = "fx:c:"  # + visitor_id -> hash (latest click: t ts ms, r ref, k order key)
 KEY_ORDER = "fx:o:"  # + order_id -> hash (locked order state, JSON in field s)
 KEY_BALANCE = "fx:b:"  # + user_id -> hash (p pending, a available, l lifetime)

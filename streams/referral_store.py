@@ -75,8 +75,20 @@ def encode_order(o: OrderState) -> str:
     """Compact JSON of an order's locked state (positional, to keep open orders small)."""
     flags = (1 if o.cancelled else 0) | (2 if o.paid else 0) | (4 if o.settled else 0)
     return json.dumps(
-        [o.buyer_id, o.campaign_id, flags, o.paid_cents, o.refunded_cents, o.beneficiaries, o.rates_bps,
-         o.max_total_bps, o.amounts, o.completed_event_id, o.settle_at_ms, o.event_ids],
+        [
+            o.buyer_id,
+            o.campaign_id,
+            flags,
+            o.paid_cents,
+            o.refunded_cents,
+            o.beneficiaries,
+            o.rates_bps,
+            o.max_total_bps,
+            o.amounts,
+            o.completed_event_id,
+            o.settle_at_ms,
+            o.event_ids,
+        ],
         separators=(",", ":"),
     )
 
@@ -85,9 +97,20 @@ def decode_order(s: str) -> OrderState:
     """Inverse of encode_order."""
     b, c, flags, paid, refunded, bens, rates, cap, amounts, completed, settle_at, eids = json.loads(s)
     return OrderState(
-        buyer_id=b, campaign_id=c, cancelled=bool(flags & 1), paid=bool(flags & 2), settled=bool(flags & 4),
-        paid_cents=paid, refunded_cents=refunded, beneficiaries=bens, rates_bps=rates, max_total_bps=cap,
-        amounts=amounts, completed_event_id=completed, settle_at_ms=settle_at, event_ids=eids,
+        buyer_id=b,
+        campaign_id=c,
+        cancelled=bool(flags & 1),
+        paid=bool(flags & 2),
+        settled=bool(flags & 4),
+        paid_cents=paid,
+        refunded_cents=refunded,
+        beneficiaries=bens,
+        rates_bps=rates,
+        max_total_bps=cap,
+        amounts=amounts,
+        completed_event_id=completed,
+        settle_at_ms=settle_at,
+        event_ids=eids,
     )
 
 
@@ -154,8 +177,15 @@ class RedisStore:
             "settle_limit": settle_limit,
         }
         raw = await self._load(
-            args=[json.dumps(payload), names.KEY_USER, names.KEY_CLICK, names.KEY_ORDER, names.KEY_DEAD,
-                  names.KEY_SETTLE, MAX_CHAIN],
+            args=[
+                json.dumps(payload),
+                names.KEY_USER,
+                names.KEY_CLICK,
+                names.KEY_ORDER,
+                names.KEY_DEAD,
+                names.KEY_SETTLE,
+                MAX_CHAIN,
+            ],
         )
         data: dict[str, Any] = json.loads(raw)
         state = State(complete=False)
@@ -184,7 +214,7 @@ class RedisStore:
             for uid in state.dirty_users:
                 u = state.users[uid]
                 assert u is not None
-                fields = {"t": u.signup_ms, "d": 1 if u.distributor else 0, "e": u.signup_event_id}
+                fields: dict[Any, Any] = {"t": u.signup_ms, "d": 1 if u.distributor else 0, "e": u.signup_event_id}
                 if u.inviter is not None:
                     fields["i"] = u.inviter
                 p.hset(names.KEY_USER + uid, mapping=fields)
@@ -221,7 +251,10 @@ class RedisStore:
         out: dict[str, dict[str, int]] = {}
         async for key in self.redis.scan_iter(match=names.KEY_BALANCE + "*", count=1000):
             m = await self.redis.hgetall(key)
-            out[key[len(names.KEY_BALANCE):]] = {"available_cents": int(m.get("a", 0)), "pending_cents": int(m.get("p", 0))}
+            out[key[len(names.KEY_BALANCE) :]] = {
+                "available_cents": int(m.get("a", 0)),
+                "pending_cents": int(m.get("p", 0)),
+            }
         return out
 
 

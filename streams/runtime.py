@@ -55,9 +55,12 @@ def init(settings: Settings, program: Program) -> Runtime:
     """Create the shared objects; called once by `fenxiao worker` before the app starts."""
     global _runtime
     store = RedisStore(settings.redis_url.get_secret_value(), program.attribution_window_ms)
-    _runtime = Runtime(settings, program, store, Sequencer(
-        program, store, FaustOutputs(), batch_size=settings.batch_size, crash_at=settings.crash_at
-    ))
+    _runtime = Runtime(
+        settings,
+        program,
+        store,
+        Sequencer(program, store, FaustOutputs(), batch_size=settings.batch_size, crash_at=settings.crash_at),
+    )
     return _runtime
 
 

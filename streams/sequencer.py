@@ -13,6 +13,7 @@ after 4 replays events the state already shows as applied, which then change not
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -148,10 +149,8 @@ class Sequencer:
     async def run(self) -> None:
         """Apply batches until stopped; wakes on new events and at least every 100 ms for idle partitions."""
         while not self._stopping:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wakeup.wait(), timeout=0.1)
-            except TimeoutError:
-                pass
             self.wakeup.clear()
             while await self.step():
                 pass
@@ -195,8 +194,17 @@ class Sequencer:
             bindings.extend(res.bindings)
             if res.rejection:
                 dead.append(
-                    DeadLetter(h.topic, h.partition, h.offset, h.key, h.event.event_id, res.rejection, res.detail, h.raw,
-                               h.event.ts)
+                    DeadLetter(
+                        h.topic,
+                        h.partition,
+                        h.offset,
+                        h.key,
+                        h.event.event_id,
+                        res.rejection,
+                        res.detail,
+                        h.raw,
+                        h.event.ts,
+                    )
                 )
         entries.extend(ledger.settle_due(settle_until))
         self._maybe_crash("before_produce")

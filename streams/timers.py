@@ -6,7 +6,7 @@ from streams import runtime
 from streams.app import app
 
 
-@app.timer(interval=0.5)
+@app.timer(interval=0.5)  # type: ignore[untyped-decorator]
 async def settle_due_orders() -> None:
     """Settlement happens when the wall clock passes the freeze, even if no event arrives."""
     runtime.get().sequencer.wakeup.set()

@@ -12,7 +12,9 @@ tiers_topic = app.topic(names.TIERS, key_type=bytes, value_type=bytes, value_ser
 commissions_topic = app.topic(
     names.COMMISSIONS, key_type=bytes, value_type=bytes, value_serializer="raw", key_serializer="raw"
 )
-bindings_topic = app.topic(names.BINDINGS, key_type=bytes, value_type=bytes, value_serializer="raw", key_serializer="raw")
+bindings_topic = app.topic(
+    names.BINDINGS, key_type=bytes, value_type=bytes, value_serializer="raw", key_serializer="raw"
+)
 dead_letters_topic = app.topic(
     names.DEAD_LETTERS, key_type=bytes, value_type=bytes, value_serializer="raw", key_serializer="raw"
 )

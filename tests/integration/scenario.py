@@ -89,9 +89,11 @@ async def read_outputs(bootstrap: str, timeout: float = 5.0) -> Outputs:
                 for m in msgs:
                     pos[tp] = m.offset + 1
                     v = json.loads(m.value)
-                    {names.COMMISSIONS: out.entries, names.BINDINGS: out.bindings, names.DEAD_LETTERS: out.dead_letters}[
-                        tp.topic
-                    ].append(v)
+                    {
+                        names.COMMISSIONS: out.entries,
+                        names.BINDINGS: out.bindings,
+                        names.DEAD_LETTERS: out.dead_letters,
+                    }[tp.topic].append(v)
         # Bindings are compacted state: the latest per user wins; order them by ts within a user.
         out.bindings.sort(key=lambda b: b["ts"])
     finally:
@@ -123,7 +125,10 @@ class WorkerProcess:
         f = open(self.log, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "streams.cli", "worker", "--config", str(self.config), "--loglevel", "warning"],
-            env={**os.environ, **self.env}, stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, **self.env},
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         return self
 
