@@ -1,0 +1,181 @@
+"""Event-time alignment: released order equals the spec's total order, whatever the arrival interleaving."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+from streams.alignment import INF_KEY, Aligner
+from streams.sequencer import Sequencer
+
+
+class Clock:
+    """A hand-driven monotonic clock."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _streams(seed: int, parts: int, per_part: int) -> dict[str, list[tuple[int, int, str]]]:
+    """Per-partition records in ts order (with ties), as a partition delivers them."""
+    rng = random.Random(seed)
+    out = {}
+    for p in range(parts):
+        rank = p % 4
+        ts = 0
+        recs = []
+        for i in range(per_part):
+            ts += rng.choice([0, 0, 1, 5, 20])
+            recs.append((ts, rank, f"e{p}-{i:04d}"))
+        # within one ts a partition may deliver ids in any order
+        out[f"p{p}"] = recs
+    return out
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_release_order_is_the_total_order_for_any_interleaving(seed: int) -> None:
+    clock = Clock()
+    al = Aligner(grace_seconds=10, clock=clock)
+    streams = _streams(seed, parts=5, per_part=60)
+    for tp, recs in streams.items():
+        al.assign(tp, recs[0][1])
+    rng = random.Random(seed + 1000)
+    cursors = {tp: 0 for tp in streams}
+    released: list[tuple[int, int, str]] = []
+    while any(cursors[tp] < len(streams[tp]) for tp in streams):
+        tp = rng.choice([t for t in streams if cursors[t] < len(streams[t])])
+        key = streams[tp][cursors[tp]]
+        cursors[tp] += 1
+        al.add(tp, key, key, lag=len(streams[tp]) - cursors[tp])
+        released.extend(k for k, _ in al.release(rng.randint(1, 7)))
+    clock.t += 11  # every partition is drained and idle now
+    released.extend(k for k, _ in al.release(10_000))
+    everything = sorted(k for recs in streams.values() for k in recs)
+    assert released == everything
+    assert al.late == 0
+
+
+def test_held_until_every_other_partition_passes_it() -> None:
+    clock = Clock()
+    al = Aligner(grace_seconds=10, clock=clock)
+    al.assign("orders", 3)
+    al.assign("signups", 2)
+    al.add("orders", (100, 3, "o1"), "o1", lag=5)
+    al.add("orders", (200, 3, "o2"), "o2", lag=4)
+    assert al.release(10) == []  # signups has delivered nothing yet
+    al.add("signups", (150, 2, "s1"), "s1", lag=3)
+    assert [k for k, _ in al.release(10)] == [(100, 3, "o1")]
+    al.add("signups", (250, 2, "s2"), "s2", lag=2)
+    # o2 also waits for its own partition: it may still deliver another ts-200 order with a smaller id
+    assert [k for k, _ in al.release(10)] == [(150, 2, "s1")]
+    al.add("orders", (300, 3, "o3"), "o3", lag=3)
+    assert [k for k, _ in al.release(10)] == [(200, 3, "o2")]
+
+
+def test_same_ts_tie_waits_for_a_smaller_id_from_the_same_partition() -> None:
+    clock = Clock()
+    al = Aligner(grace_seconds=10, clock=clock)
+    al.assign("a", 3)
+    al.add("a", (100, 3, "z"), "z", lag=1)
+    assert al.release(10) == []  # "a" may still deliver (100, 3, "b") which sorts first
+    al.add("a", (100, 3, "b"), "b", lag=1)
+    al.add("a", (101, 3, "c"), "c", lag=0)
+    assert [k for k, _ in al.release(10)] == [(100, 3, "b"), (100, 3, "z")]
+
+
+def test_idle_partition_releases_after_grace_but_not_while_it_has_lag() -> None:
+    clock = Clock()
+    al = Aligner(grace_seconds=10, clock=clock)
+    al.assign("orders", 3)
+    al.assign("tiers", 0)
+    al.add("orders", (100, 3, "o1"), "o1", lag=0)
+    clock.t += 5
+    assert al.release(10) == []
+    al.touch("tiers", lag=7)  # tiers has a backlog it has not delivered yet
+    clock.t += 20
+    assert al.release(10) == []
+    al.touch("tiers", lag=0)
+    clock.t += 10.5
+    assert [k for k, _ in al.release(10)] == [(100, 3, "o1")]
+    assert al.frontier() == INF_KEY
+
+
+def test_revoke_hands_back_that_partitions_events() -> None:
+    clock = Clock()
+    al = Aligner(grace_seconds=10, clock=clock)
+    al.assign("a", 3)
+    al.assign("b", 3)
+    al.add("a", (1, 3, "a1"), "a1", lag=9)
+    al.add("b", (2, 3, "b1"), "b1", lag=9)
+    assert al.revoke("a") == ["a1"]
+    assert len(al) == 1
+
+
+def test_late_event_is_released_and_counted() -> None:
+    clock = Clock()
+    al = Aligner(grace_seconds=1, clock=clock)
+    al.assign("a", 3)
+    al.add("a", (100, 3, "x"), "x", lag=0)
+    clock.t += 2
+    assert [k for k, _ in al.release(10)] == [(100, 3, "x")]
+    al.add("a", (50, 3, "late"), "late", lag=0)
+    clock.t += 2
+    assert [k for k, _ in al.release(10)] == [(50, 3, "late")]
+    assert al.late == 1
+
+
+class Flow:
+    """Records pause/resume calls."""
+
+    def __init__(self) -> None:
+        self.paused: list[Any] = []
+        self.resumed: list[Any] = []
+
+    def pause(self, tp: Any) -> None:
+        self.paused.append(tp)
+
+    def resume(self, tp: Any) -> None:
+        self.resumed.append(tp)
+
+
+def _sequencer(flow: Flow, clock: Clock) -> Sequencer:
+    from streams.config import parse
+
+    program = parse("[tiers.standard]\nrates_bps = [1000, 500, 200]\n[pipeline]\nordering_grace_seconds = 10\n")
+    return Sequencer(program, store=None, outputs=None, clock=clock, flow=flow, max_held_per_partition=100)  # type: ignore[arg-type]
+
+
+def test_a_partition_far_ahead_is_paused_and_resumed_when_the_laggard_catches_up() -> None:
+    clock, flow = Clock(), Flow()
+    seq = _sequencer(flow, clock)
+    seq.assign("slow", 2)
+    seq.assign("fast", 3)
+    seq.offer("slow", 2, (10, 2, "s0"), object(), lag=50)  # type: ignore[arg-type]
+    for i in range(150):
+        seq.offer("fast", 3, (1000 + i, 3, f"f{i:03d}"), object(), lag=1000)  # type: ignore[arg-type]
+    assert flow.paused == ["fast"]
+    for i in range(1, 200):
+        seq.offer("slow", 2, (10 + i * 4, 2, f"s{i:03d}"), object(), lag=50)  # type: ignore[arg-type]
+    # "slow" holds the frontier back itself, so it is never paused however much it holds
+    assert flow.paused == ["fast"]
+    seq.aligner.release(10_000)
+    seq._resume_drained()
+    assert flow.resumed == []  # slow is still behind fast's first held event
+    seq.offer("slow", 2, (5000, 2, "s-catch-up"), object(), lag=0)  # type: ignore[arg-type]
+    seq.aligner.release(10_000)
+    seq._resume_drained()
+    assert flow.resumed == ["fast"]
+
+
+def test_the_partition_holding_the_frontier_is_never_paused() -> None:
+    clock, flow = Clock(), Flow()
+    seq = _sequencer(flow, clock)
+    seq.assign("only", 3)
+    for i in range(500):
+        seq.offer("only", 3, (5, 3, f"t{i:03d}"), object(), lag=10)  # type: ignore[arg-type]
+    assert flow.paused == []
