@@ -277,16 +277,31 @@ def new_cluster_id() -> str:
 # ---------------------------------------------------------------- processes
 
 
-def _read_pid(path: Path) -> int | None:
-    """The pid stored in `path`, or None when there is no usable pid file."""
+def _start_time(pid: int) -> str | None:
+    """The kernel's start time of `pid` (from /proc): with the pid it names one process, even after pid reuse."""
     try:
-        return int(path.read_text().strip())
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields[19] if len(fields) > 19 and fields[0] != "Z" else None
+
+
+def _read_pid(path: Path) -> tuple[int, str] | None:
+    """The (pid, start time) stored in `path`, or None when there is no usable pid file."""
+    try:
+        pid, _, started = path.read_text().strip().partition(" ")
+        return int(pid), started
     except (OSError, ValueError):
         return None
 
 
-def _proc_matches(pid: int, marker: str) -> bool:
-    """Whether `pid` is alive and is our service (not a zombie, not an unrelated process that reused the pid)."""
+def _write_pid(path: Path, pid: int) -> None:
+    """Record `pid` with its start time, so a later check cannot mistake a new process with a reused pid for it."""
+    path.write_text(f"{pid} {_start_time(pid) or ''}".strip() + "\n")
+
+
+def _alive(pid: int, started: str) -> bool:
+    """Whether the process recorded as (pid, start time) still runs (a zombie or a reused pid does not count)."""
     with contextlib.suppress(ChildProcessError):
         if os.waitpid(pid, os.WNOHANG)[0] == pid:
             return False
@@ -296,30 +311,20 @@ def _proc_matches(pid: int, marker: str) -> bool:
         return False
     except PermissionError:
         pass
-    proc = Path("/proc") / str(pid)
-    if not proc.exists():
-        return sys.platform != "linux"
-    try:
-        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return False
-    return state != "Z" and marker in cmdline
-
-
-def _marker(service: str) -> str:
-    """A substring of the command line that identifies the service's process."""
-    return "kafka.Kafka" if service == KAFKA else "redis-server"
+    if not Path("/proc/self/stat").exists():
+        return True
+    now = _start_time(pid)
+    return now is not None and (not started or now == started)
 
 
 def running_pid(cfg: StackConfig, service: str) -> int | None:
     """The pid of this stack's `service` if it runs; a stale pid file is removed."""
     path = cfg.pid_file(service)
-    pid = _read_pid(path)
-    if pid is None:
+    record = _read_pid(path)
+    if record is None:
         return None
-    if _proc_matches(pid, _marker(service)):
-        return pid
+    if _alive(*record):
+        return record[0]
     path.unlink(missing_ok=True)
     return None
 
@@ -372,7 +377,7 @@ def _spawn(cfg: StackConfig, service: str, argv: list[str], cwd: Path) -> int:
             start_new_session=True,
             preexec_fn=_die_with_parent if cfg.stop_with_parent and sys.platform == "linux" else None,
         )
-    cfg.pid_file(service).write_text(f"{proc.pid}\n")
+    _write_pid(cfg.pid_file(service), proc.pid)
     return proc.pid
 
 
@@ -645,22 +650,27 @@ def wait_ready(cfg: StackConfig, timeout: float = 120.0) -> None:
 
 def stop(cfg: StackConfig, timeout: float = 30.0) -> dict[str, str]:
     """SIGTERM both services, wait, then SIGKILL what is left; returns what happened per service."""
-    pids = {s: p for s in (KAFKA, REDIS) if (p := running_pid(cfg, s)) is not None}
-    outcome = {s: "not running" for s in (KAFKA, REDIS) if s not in pids}
-    for pid in pids.values():
+    procs: dict[str, tuple[int, str]] = {}
+    for service in (KAFKA, REDIS):
+        record = _read_pid(cfg.pid_file(service))
+        if record is not None and _alive(*record):
+            procs[service] = record
+    outcome = {s: "not running" for s in (KAFKA, REDIS) if s not in procs}
+    for pid, _ in procs.values():
         _signal(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(_proc_matches(p, _marker(s)) for s, p in pids.items()):
+    while time.monotonic() < deadline and any(_alive(*r) for r in procs.values()):
         time.sleep(0.1)
-    for service, pid in pids.items():
-        if _proc_matches(pid, _marker(service)):
+    for service, (pid, started) in procs.items():
+        if _alive(pid, started):
             _signal(pid, signal.SIGKILL)
             kill_deadline = time.monotonic() + 5
-            while time.monotonic() < kill_deadline and _proc_matches(pid, _marker(service)):
+            while time.monotonic() < kill_deadline and _alive(pid, started):
                 time.sleep(0.05)
             outcome[service] = f"killed (pid {pid}) after {timeout:.0f}s"
         else:
             outcome[service] = f"stopped (pid {pid})"
+    for service in (KAFKA, REDIS):
         cfg.pid_file(service).unlink(missing_ok=True)
     return outcome
 

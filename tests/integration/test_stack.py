@@ -83,7 +83,7 @@ def test_status_reports_both_answering(stack: RunningStack) -> None:
     assert set(rows) == {stack_mod.KAFKA, stack_mod.REDIS}
     for service, row in rows.items():
         assert row.running and row.answering, row
-        assert row.pid == int(stack.cfg.pid_file(service).read_text())
+        assert row.pid == int(stack.cfg.pid_file(service).read_text().split()[0])
 
 
 def test_up_is_idempotent(stack: RunningStack) -> None:

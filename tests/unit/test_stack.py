@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -169,8 +170,16 @@ def test_status_of_a_stack_that_never_ran(tmp_path: Path) -> None:
 
 
 def test_stale_pid_file_is_ignored_and_removed(tmp_path: Path) -> None:
+    """A live pid whose start time differs from the recorded one is a reused pid, not our service."""
     cfg = StackConfig(var_dir=tmp_path)
     cfg.redis_dir.mkdir()
-    cfg.pid_file(stack_mod.REDIS).write_text("1\n")
+    cfg.pid_file(stack_mod.REDIS).write_text("1 999999999999\n")
     assert stack_mod.running_pid(cfg, stack_mod.REDIS) is None
     assert not cfg.pid_file(stack_mod.REDIS).exists()
+
+
+def test_pid_file_of_a_live_process_is_recognised(tmp_path: Path) -> None:
+    cfg = StackConfig(var_dir=tmp_path)
+    cfg.kafka_dir.mkdir()
+    stack_mod._write_pid(cfg.pid_file(stack_mod.KAFKA), os.getpid())
+    assert stack_mod.running_pid(cfg, stack_mod.KAFKA) == os.getpid()
