@@ -30,6 +30,104 @@ def _worker(args: argparse.Namespace) -> int:
         raise CliError(str(e)) from e
 
 
+def _positive(text: str) -> float:
+    """An argparse type for rates and speeds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _count(text: str) -> int:
+    """An argparse type for how many users or orders."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _replay(args: argparse.Namespace) -> int:
+    """Validate the file first (nothing half-sent), then produce it where settings say Kafka is."""
+    import os
+
+    from streams import names, replay
+    from streams.settings import get_settings
+
+    if not os.path.isfile(args.file):
+        raise CliError(
+            f"no such file: {args.file} — pass a scenario .jsonl (e.g. ../shared/spec/examples/basic/events.jsonl)"
+        )
+    bootstrap = get_settings().kafka
+    try:
+        n = replay.run_replay(args.file, bootstrap, args.rate, args.speed)
+    except replay.BrokerUnreachable:
+        raise CliError(
+            f"cannot reach Kafka at {bootstrap}: set {names.ENV_KAFKA} to the broker's host:port,"
+            " or start the local one with `fenxiao stack up`"
+        ) from None
+    except (replay.ReplayInputError, replay.ReplayError) as e:
+        raise CliError(str(e)) from None
+    err.print(f"replayed {n:,} records from {args.file} into {bootstrap}")
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    """Stream the seeded sale to a file with a progress bar; the file replays with `fenxiao replay`."""
+    from collections.abc import Iterator
+    from datetime import datetime
+    from typing import Any
+
+    from streams import flashsale
+    from streams.replay import progress_bar
+
+    try:
+        start = datetime.fromisoformat(args.start)
+    except ValueError:
+        raise CliError(f"--start must be an ISO date-time like 2026-11-11T00:00:00Z, got {args.start}") from None
+    records = flashsale.generate(args.users, args.orders, args.seed, start, args.duration, args.campaign)
+    with progress_bar() as bar:
+        task = bar.add_task(f"generate {args.out}", total=None)
+
+        def counted() -> Iterator[dict[str, Any]]:
+            for i, rec in enumerate(records, 1):
+                if i % 5000 == 0:
+                    bar.update(task, completed=i)
+                yield rec
+
+        try:
+            n = flashsale.write_jsonl(args.out, counted())
+        except OSError as e:
+            raise CliError(f"cannot write {args.out}: {e.strerror}") from None
+        bar.update(task, completed=n, total=n)
+    err.print(f"wrote {n:,} records ({args.users:,} users, {args.orders:,} orders, seed {args.seed}) to {args.out}")
+    return 0
+
+
+def _add_replay_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`replay` and `generate`: get scenario traffic into Kafka."""
+    r = sub.add_parser("replay", help="produce a scenario .jsonl into the input topics")
+    r.add_argument("file", help="one Kafka record per line: {topic, key, value}")
+    r.add_argument("--rate", type=_positive, help="at most this many records per second")
+    r.add_argument("--speed", type=_positive, help="follow the events' ts: 1 = real time, 60 = a minute per second")
+    r.set_defaults(func=_replay)
+
+    g = sub.add_parser("generate", help="write a seeded 双11 flash sale as a scenario .jsonl")
+    g.add_argument("--users", type=_count, default=10_000, help="users who sign up (default 10000)")
+    g.add_argument("--orders", type=_count, default=100_000, help="orders placed (default 100000)")
+    g.add_argument("--seed", type=int, default=1, help="same seed, same file (default 1)")
+    g.add_argument("--out", required=True, help="the .jsonl to write")
+    g.add_argument("--start", default="2026-11-11T00:00:00Z", help="when the sale opens (default 2026-11-11T00:00Z)")
+    g.add_argument("--duration", type=_positive, default=3600.0, help="seconds the order wall lasts (default 3600)")
+    g.add_argument("--campaign", default="d11", help="campaign_id of campaign orders (default d11)")
+    g.set_defaults(func=_generate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """All subcommands and their flags."""
     p = argparse.ArgumentParser(prog="fenxiao", description="Streaming commission engine for distribution programs.")
@@ -43,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--config", help="the program config, fenxiao.toml (default: $FENXIAO_CONFIG or ./fenxiao.toml)")
     w.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
     w.set_defaults(func=_worker)
+
+    _add_replay_commands(sub)
     return p
 
 
