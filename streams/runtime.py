@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
 
 from streams.config import Program
 from streams.ledger import Binding, Entry
@@ -39,22 +38,6 @@ class FaustOutputs:
             await asyncio.gather(*futs)
 
 
-class ConsumerFlow:
-    """Pauses and resumes partitions on the app's consumer (faust keeps them paused across fetches)."""
-
-    def pause(self, tp: Hashable) -> None:
-        """Stop fetching tp."""
-        from streams.app import app
-
-        app.consumer.pause_partitions([cast(Any, tp)])
-
-    def resume(self, tp: Hashable) -> None:
-        """Fetch tp again."""
-        from streams.app import app
-
-        app.consumer.resume_partitions([cast(Any, tp)])
-
-
 @dataclass
 class Runtime:
     """Everything a running worker shares."""
@@ -82,8 +65,6 @@ def init(settings: Settings, program: Program) -> Runtime:
             FaustOutputs(),
             batch_size=settings.batch_size,
             crash_at=settings.crash_at,
-            flow=ConsumerFlow(),
-            max_held_per_partition=settings.max_held_per_partition,
         ),
     )
     return _runtime

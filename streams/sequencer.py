@@ -72,14 +72,6 @@ class DeadLetter:
         }
 
 
-class FlowControl(Protocol):
-    """Pausing and resuming fetches of one partition (the consumer's)."""
-
-    def pause(self, tp: Hashable) -> None: ...
-
-    def resume(self, tp: Hashable) -> None: ...
-
-
 class Outputs(Protocol):
     """Where a batch's records go; returns once the broker has acknowledged all of them."""
 
@@ -114,8 +106,6 @@ class Sequencer:
         clock: Callable[[], float] = time.monotonic,
         wall_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         crash_at: str | None = None,
-        flow: FlowControl | None = None,
-        max_held_per_partition: int = 20_000,
     ) -> None:
         self.program = program
         self.store = store
@@ -128,9 +118,6 @@ class Sequencer:
         self.stats = Stats()
         self._last_settle_check = 0.0
         self._stopping = False
-        self.flow = flow
-        self.max_held = max_held_per_partition
-        self.paused: set[Hashable] = set()
         self._crash_point, _, n = (crash_at or "").partition(":")
         self._crash_batch = int(n) if n else 0
 
@@ -147,40 +134,12 @@ class Sequencer:
     def revoke(self, tp: Hashable) -> None:
         """A partition went to another worker: forget its held events unacked, the new owner reads them."""
         self.aligner.revoke(tp)
-        self.paused.discard(tp)
 
     def offer(self, tp: Hashable, rank: int, key: SeqKey, held: Held, lag: int | None) -> None:
         """Hold a decoded event until alignment releases it."""
         self.aligner.assign(tp, rank)
         self.aligner.add(tp, key, held, lag)
-        if self.flow is not None and tp not in self.paused and self.aligner.parts[tp].buffered > self.max_held:
-            self._pause_if_ahead(tp)
         self.wakeup.set()
-
-    def _pause_if_ahead(self, tp: Hashable) -> None:
-        """Stop fetching a partition that is far ahead, unless it is the one holding everything back."""
-        assert self.flow is not None
-        part = self.aligner.parts[tp]
-        if part.watermark(self.clock(), self.aligner.grace) <= self.aligner.frontier():
-            return
-        self.paused.add(tp)
-        self.flow.pause(tp)
-
-    def _resume_drained(self) -> None:
-        """Resume paused partitions that drained, or that now hold the frontier back (never deadlock)."""
-        if not self.paused or self.flow is None:
-            return
-        frontier = self.aligner.frontier()
-        now = self.clock()
-        for tp in list(self.paused):
-            part = self.aligner.parts.get(tp)
-            if (
-                part is None
-                or part.buffered < self.max_held // 2
-                or part.watermark(now, self.aligner.grace) <= frontier
-            ):
-                self.paused.discard(tp)
-                self.flow.resume(tp)
 
     async def dead_letter_now(self, dl: DeadLetter) -> None:
         """Refuse a record that is not an event at all; it needs no place in the sequence."""
@@ -212,7 +171,6 @@ class Sequencer:
     async def step(self) -> bool:
         """Apply one released batch (and due settlements); True if there may be more to do at once."""
         batch = self.aligner.release(self.batch_size)
-        self._resume_drained()
         now = self.clock()
         if not batch and now - self._last_settle_check < 0.5:
             return False
@@ -268,7 +226,6 @@ class Sequencer:
         frontier = self.aligner.frontier()
         return {
             "held": len(self.aligner),
-            "paused": len(self.paused),
             "late": self.aligner.late,
             "frontier": None if frontier == INF_KEY else format_ts(max(frontier[0], 0)),
             "applied": self.stats.applied,
@@ -277,4 +234,14 @@ class Sequencer:
             "dead_letters": self.stats.dead_letters,
             "duplicates": self.stats.duplicates,
             "last_batch_ms": round(self.stats.last_batch_ms, 2),
+            "partitions": [
+                {
+                    "partition": f"{getattr(tp, 'topic', tp)}:{getattr(tp, 'partition', '')}",
+                    "last_ts": None if p.last_ts_ms is None else format_ts(p.last_ts_ms),
+                    "lag": p.lag,
+                    "held": p.buffered,
+                    "idle": p.watermark(self.clock(), self.aligner.grace) == INF_KEY,
+                }
+                for tp, p in sorted(self.aligner.parts.items(), key=lambda kv: str(kv[0]))
+            ],
         }

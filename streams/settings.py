@@ -30,9 +30,6 @@ class Settings(BaseSettings):
     app_id: str = Field(default="fenxiao", validation_alias=AliasChoices(names.ENV_APP_ID))
     config: Path = Field(default=Path("fenxiao.toml"), validation_alias=AliasChoices(names.ENV_CONFIG))
     batch_size: int = Field(default=2000, ge=1, le=100_000, validation_alias=AliasChoices(names.ENV_BATCH_SIZE))
-    max_held_per_partition: int = Field(
-        default=20_000, ge=100, validation_alias=AliasChoices(names.ENV_MAX_HELD), description="flow-control bound"
-    )
     crash_at: str | None = Field(
         default=None,
         validation_alias=AliasChoices(names.ENV_CRASH_AT),

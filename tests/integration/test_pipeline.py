@@ -111,7 +111,7 @@ def test_live(pipe: Env, example: str) -> None:
 def test_backlog(pipe: Env, example: str) -> None:
     """Every topic full before the worker starts: topics are consumed at different event-time speeds."""
     pipe.produce(scenario.load_records(example))
-    w = pipe.worker(example, FENXIAO_BATCH_SIZE="97", FENXIAO_MAX_HELD_PER_PARTITION="100")
+    w = pipe.worker(example, FENXIAO_BATCH_SIZE="97")
     try:
         out, diff = pipe.outcome(scenario.load_expected(example))
         assert_outcome(pipe, example, out, diff, w)

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import random
-from typing import Any
 
 import pytest
 
 from streams.alignment import INF_KEY, Aligner
-from streams.sequencer import Sequencer
 
 
 class Clock:
@@ -127,55 +125,3 @@ def test_late_event_is_released_and_counted() -> None:
     clock.t += 2
     assert [k for k, _ in al.release(10)] == [(50, 3, "late")]
     assert al.late == 1
-
-
-class Flow:
-    """Records pause/resume calls."""
-
-    def __init__(self) -> None:
-        self.paused: list[Any] = []
-        self.resumed: list[Any] = []
-
-    def pause(self, tp: Any) -> None:
-        self.paused.append(tp)
-
-    def resume(self, tp: Any) -> None:
-        self.resumed.append(tp)
-
-
-def _sequencer(flow: Flow, clock: Clock) -> Sequencer:
-    from streams.config import parse
-
-    program = parse("[tiers.standard]\nrates_bps = [1000, 500, 200]\n[pipeline]\nordering_grace_seconds = 10\n")
-    return Sequencer(program, store=None, outputs=None, clock=clock, flow=flow, max_held_per_partition=100)  # type: ignore[arg-type]
-
-
-def test_a_partition_far_ahead_is_paused_and_resumed_when_the_laggard_catches_up() -> None:
-    clock, flow = Clock(), Flow()
-    seq = _sequencer(flow, clock)
-    seq.assign("slow", 2)
-    seq.assign("fast", 3)
-    seq.offer("slow", 2, (10, 2, "s0"), object(), lag=50)  # type: ignore[arg-type]
-    for i in range(150):
-        seq.offer("fast", 3, (1000 + i, 3, f"f{i:03d}"), object(), lag=1000)  # type: ignore[arg-type]
-    assert flow.paused == ["fast"]
-    for i in range(1, 200):
-        seq.offer("slow", 2, (10 + i * 4, 2, f"s{i:03d}"), object(), lag=50)  # type: ignore[arg-type]
-    # "slow" holds the frontier back itself, so it is never paused however much it holds
-    assert flow.paused == ["fast"]
-    seq.aligner.release(10_000)
-    seq._resume_drained()
-    assert flow.resumed == []  # slow is still behind fast's first held event
-    seq.offer("slow", 2, (5000, 2, "s-catch-up"), object(), lag=0)  # type: ignore[arg-type]
-    seq.aligner.release(10_000)
-    seq._resume_drained()
-    assert flow.resumed == ["fast"]
-
-
-def test_the_partition_holding_the_frontier_is_never_paused() -> None:
-    clock, flow = Clock(), Flow()
-    seq = _sequencer(flow, clock)
-    seq.assign("only", 3)
-    for i in range(500):
-        seq.offer("only", 3, (5, 3, f"t{i:03d}"), object(), lag=10)  # type: ignore[arg-type]
-    assert flow.paused == []
