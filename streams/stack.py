@@ -28,6 +28,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import redis
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, for_code
 from rich.console import Console
@@ -72,7 +73,8 @@ class StackConfig:
     controller_port: int = 9093
     redis_port: int = 6379
     host: str = "127.0.0.1"
-    # Test sessions set this so a killed pytest does not leave a 1 GB JVM behind (Linux only).
+    # Test sessions set this so a killed pytest does not leave a 1 GB JVM behind (Linux only; the services
+    # get SIGTERM when the thread that started them exits, so start them from the main thread).
     stop_with_parent: bool = False
 
     @property
@@ -270,8 +272,11 @@ def redis_conf(cfg: StackConfig) -> str:
 
 
 def new_cluster_id() -> str:
-    """A Kafka cluster id in Kafka's own format (url-safe base64 of a random UUID, no padding)."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A Kafka cluster id in Kafka's own format: url-safe base64 of a random UUID, not starting with '-'."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
 
 
 # ---------------------------------------------------------------- processes
@@ -398,8 +403,8 @@ def _file_lock(path: Path) -> Iterator[None]:
 
 def ensure_kafka_jars(cfg: StackConfig) -> Path:
     """The directory of Kafka's jars, fetched once with Maven into the cache; later calls only check a marker."""
-    pom_bytes = POM_PATH.read_bytes() if POM_PATH.exists() else b""
     version = kafka_version()
+    pom_bytes = POM_PATH.read_bytes()
     digest = hashlib.sha256(pom_bytes).hexdigest()[:16]
     home = cfg.cache_dir / f"kafka-{version}"
     libs, marker = home / "libs", home / ".complete"
@@ -498,7 +503,7 @@ def start_kafka(cfg: StackConfig) -> int:
         if not id_file.exists():
             id_file.write_text(new_cluster_id() + "\n")
         fmt = [*jvm, *classpath, "kafka.tools.StorageTool", "format", "--ignore-formatted"]
-        fmt += ["-t", id_file.read_text().strip(), "-c", str(props)]
+        fmt += [f"--cluster-id={id_file.read_text().strip()}", f"--config={props}"]
         res = subprocess.run(fmt, cwd=kdir, capture_output=True, text=True, timeout=300, check=False)
         if res.returncode != 0:
             raise StackError(f"formatting Kafka storage in {kdir / 'data'} failed:\n{res.stdout}{res.stderr}")
@@ -560,6 +565,7 @@ async def create_topics(bootstrap: str, partitions: int, timeout: float = 30.0) 
             existing = set(await admin.list_topics())
             todo = [t for t in topic_specs(partitions) if t.name not in existing]
             if not todo:
+                await _wait_for_leaders(admin, bootstrap, deadline)
                 return created
             resp = await admin.create_topics(todo, timeout_ms=int(timeout * 1000))
             retry = False
@@ -574,6 +580,7 @@ async def create_topics(bootstrap: str, partitions: int, timeout: float = 30.0) 
                     detail = rest[0] if rest and rest[0] else for_code(code).__name__
                     raise StackError(f"cannot create topic {topic} on {bootstrap}: {detail}")
             if not retry:
+                await _wait_for_leaders(admin, bootstrap, deadline)
                 return created
             if time.monotonic() > deadline:
                 raise StackError(f"Kafka at {bootstrap} kept refusing to create topics for {timeout:.0f}s")
@@ -583,6 +590,36 @@ async def create_topics(bootstrap: str, partitions: int, timeout: float = 30.0) 
     finally:
         with contextlib.suppress(Exception):
             await admin.close()
+
+
+async def _wait_for_leaders(admin: AIOKafkaAdminClient, bootstrap: str, deadline: float) -> None:
+    """Return once every partition has a leader that serves it, so the first produce after a create does not bounce."""
+    wanted = [t.name for t in topic_specs(1)]
+    while True:
+        described = await admin.describe_topics(wanted)
+        ready = {
+            t["topic"]
+            for t in described
+            if t["error_code"] == 0
+            and t["partitions"]
+            and all(p["error_code"] == 0 and p["leader"] >= 0 for p in t["partitions"])
+        }
+        if ready >= set(wanted):
+            break
+        if time.monotonic() > deadline:
+            raise StackError(f"topics {sorted(set(wanted) - ready)} on {bootstrap} have no partition leader yet")
+        await asyncio.sleep(0.2)
+    # Metadata can name a leader a moment before that broker hosts the partition; asking each leader for
+    # its end offset waits out that moment (aiokafka retries NOT_LEADER internally).
+    partitions = [TopicPartition(t["topic"], p["partition"]) for t in described for p in t["partitions"]]
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, client_id="fenxiao-stack")
+    await consumer.start()
+    try:
+        await asyncio.wait_for(consumer.end_offsets(partitions), max(1.0, deadline - time.monotonic()))
+    except TimeoutError:
+        raise StackError(f"the partition leaders on {bootstrap} did not answer offset requests in time") from None
+    finally:
+        await consumer.stop()
 
 
 def ensure_topics(bootstrap: str, partitions: int) -> list[str]:

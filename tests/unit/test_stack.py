@@ -123,10 +123,12 @@ def test_log4j_config_keeps_the_root_at_warn() -> None:
 
 
 def test_cluster_id_is_kafka_shaped() -> None:
-    cid = stack_mod.new_cluster_id()
-    assert len(cid) == 22 and "=" not in cid
-    assert len(base64.urlsafe_b64decode(cid + "==")) == 16
-    assert cid != stack_mod.new_cluster_id()
+    """22 url-safe base64 characters of 16 bytes, never starting with '-' (the storage tool reads that as a flag)."""
+    ids = {stack_mod.new_cluster_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    for cid in ids:
+        assert len(cid) == 22 and "=" not in cid and not cid.startswith("-")
+        assert len(base64.urlsafe_b64decode(cid + "==")) == 16
 
 
 def test_topic_specs_cover_names_and_compact_bindings() -> None:
