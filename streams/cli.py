@@ -128,6 +128,45 @@ def _add_replay_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     g.set_defaults(func=_generate)
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from streams import demo
+
+    try:
+        return demo.run(args.users, args.orders, args.duration, args.seed, args.speed)
+    except demo.DemoError as e:
+        raise CliError(str(e)) from e
+
+
+def _report(args: argparse.Namespace) -> int:
+    import json
+
+    from streams import clickhouse, reports
+    from streams.settings import get_settings
+
+    try:
+        ch = clickhouse.connect(get_settings())
+    except clickhouse.ClickHouseError as e:
+        raise CliError(str(e)) from e
+    try:
+        data = reports.outcome(ch)
+    finally:
+        ch.close()
+    if args.format == "json":
+        print(json.dumps(data, indent=1, sort_keys=True))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table(title="ledger totals (cents)")
+        t.add_column("kind")
+        t.add_column("raw ledger", justify="right")
+        t.add_column("daily aggregate", justify="right")
+        for kind, total in data["totals"].items():
+            t.add_row(kind, f"{total:,}", f"{data['aggregate_totals'][kind]:,}")
+        Console().print(t)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """All subcommands and their flags."""
     p = argparse.ArgumentParser(prog="fenxiao", description="Streaming commission engine for distribution programs.")
@@ -143,6 +182,19 @@ def build_parser() -> argparse.ArgumentParser:
     w.set_defaults(func=_worker)
 
     _add_replay_commands(sub)
+
+    d = sub.add_parser("demo", help="local stack + worker + a generated flash sale, live, then a report")
+    d.add_argument("--users", type=_count, default=3000, help="users in the referral forest (default 3000)")
+    d.add_argument("--orders", type=_count, default=20000, help="orders in the sale (default 20000)")
+    d.add_argument("--duration", type=_positive, default=60.0, help="seconds of sale, replayed in real time")
+    d.add_argument("--seed", type=int, default=11, help="generator seed")
+    d.add_argument("--speed", type=_positive, default=4.0, help="replay speed against the events' ts (default 4x)")
+    d.set_defaults(func=_demo)
+
+    rp = sub.add_parser("report", help="reports from ClickHouse")
+    rp.add_argument("name", choices=["totals"], help="totals: the ledger as ClickHouse holds it")
+    rp.add_argument("--format", choices=["table", "json"], default="table")
+    rp.set_defaults(func=_report)
     return p
 
 

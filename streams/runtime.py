@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from streams.config import Program
 from streams.ledger import Binding, Entry
 from streams.referral_store import RedisStore
 from streams.sequencer import DeadLetter, Sequencer
 from streams.settings import Settings
+from streams.sink import ClickHouseSink
 
 
 def _json(value: dict[str, object]) -> bytes:
@@ -46,12 +47,14 @@ class Runtime:
     program: Program
     store: RedisStore
     sequencer: Sequencer
+    sink: ClickHouseSink
+    sink_written: dict[str, int] = field(default_factory=dict)
 
 
 _runtime: Runtime | None = None
 
 
-def init(settings: Settings, program: Program) -> Runtime:
+def init(settings: Settings, program: Program, sink: ClickHouseSink) -> Runtime:
     """Create the shared objects; called once by `fenxiao worker` before the app starts."""
     global _runtime
     store = RedisStore(settings.redis_url.get_secret_value(), program.attribution_window_ms)
@@ -66,6 +69,7 @@ def init(settings: Settings, program: Program) -> Runtime:
             batch_size=settings.batch_size,
             crash_at=settings.crash_at,
         ),
+        sink,
     )
     return _runtime
 

@@ -18,3 +18,14 @@ bindings_topic = app.topic(
 dead_letters_topic = app.topic(
     names.DEAD_LETTERS, key_type=bytes, value_type=bytes, value_serializer="raw", key_serializer="raw"
 )
+
+sink_sources_topic = app.topic(
+    names.COMMISSIONS,
+    names.BINDINGS,
+    names.CLICKS,
+    names.ORDERS,
+    key_type=bytes,
+    value_type=bytes,
+    value_serializer="raw",
+    key_serializer="raw",
+)

@@ -17,4 +17,5 @@ async def health(web: Any, request: Any) -> Any:
 @app.page("/status")
 async def status(web: Any, request: Any) -> Any:
     """What the sequencer holds and has applied."""
-    return web.json(runtime.get().sequencer.status())
+    rt = runtime.get()
+    return web.json({**rt.sequencer.status(), "sink_rows_written": rt.sink_written})

@@ -44,12 +44,18 @@ def run(config_path: str | None, loglevel: str = "info") -> int:
     stack.ensure_topics(settings.kafka, settings.partitions)
     os.environ[names.ENV_CONFIG] = str(path)
 
-    from streams import runtime
+    from streams import clickhouse, runtime
+    from streams.sink import ClickHouseSink
 
-    runtime.init(settings, program)
+    try:
+        ch = clickhouse.connect(settings)
+        clickhouse.migrate(ch)
+    except clickhouse.ClickHouseError as e:
+        raise WorkerError(str(e)) from e
+    runtime.init(settings, program, ClickHouseSink(ch))
     import faust
 
-    from streams import agents, timers, views  # noqa: F401  (registers agents, timers and pages)
+    from streams import agents, sink_agent, timers, views  # noqa: F401  (registers agents, timers and pages)
     from streams.app import app
 
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)

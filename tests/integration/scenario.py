@@ -204,3 +204,30 @@ def wait_http(port: int, path: str, timeout: float, proc: WorkerProcess) -> None
         except OSError:
             time.sleep(0.3)
     raise AssertionError(f"worker did not answer {path} within {timeout}s:\n{proc.log_tail()}")
+
+
+def wait_sink_quiet(port: int, quiet_s: float, timeout: float) -> None:
+    """Wait until the worker's sink has written nothing new for quiet_s (it flushes at least every second)."""
+    deadline = time.monotonic() + timeout
+    last, since = None, time.monotonic()
+    while time.monotonic() < deadline:
+        now_written = http_json(port, "/status")["sink_rows_written"]
+        if now_written != last:
+            last, since = now_written, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"the ClickHouse sink kept writing for {timeout}s")
+
+
+def clickhouse_outcome(env: Mapping[str, str]) -> dict[str, Any]:
+    """`fenxiao report totals --format json` in its own process (chDB: one owner per data directory)."""
+    r = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "report", "totals", "--format", "json"],
+        env={**os.environ, **env},
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert r.returncode == 0, f"report failed: {r.stderr.decode(errors='replace')}"
+    return json.loads(r.stdout)  # type: ignore[no-any-return]

@@ -85,14 +85,25 @@ def pipe(stack: Any, tmp_path: Path) -> Iterator[Env]:
 
 
 def assert_outcome(pipe: Env, example: str, out: scenario.Outputs, diff: list[str], *workers: Any) -> None:
-    """Topics and Redis balances equal expected.json; a replayed entry_id carries the very same record."""
+    """Topics, Redis balances and ClickHouse equal expected.json; a replayed entry_id carries the same record.
+
+    Stops the workers: embedded ClickHouse can only be read once its owner has let go of it.
+    """
     logs = "\n".join(w.log_tail() for w in workers)
     assert not diff, "outputs differ from expected.json:\n" + "\n".join(diff) + "\n--- worker log:\n" + logs
     by_id: dict[str, dict[str, Any]] = {}
     for e in out.entries:
         first = by_id.setdefault(e["entry_id"], e)
         assert first == e, f"entry {e['entry_id']} was rewritten with different content: {first} vs {e}"
-    assert pipe.redis_balances() == scenario.load_expected(example)["balances"]
+    expected = scenario.load_expected(example)
+    assert pipe.redis_balances() == expected["balances"]
+    scenario.wait_sink_quiet(pipe.web_port, quiet_s=3.0, timeout=60)
+    for w in workers:
+        assert w.stop() == 0, f"worker did not stop cleanly:\n{w.log_tail()}"
+    ch = scenario.clickhouse_outcome(pipe.env)
+    for section in ("balances", "bindings", "entries", "totals"):
+        assert ch[section] == expected[section], f"ClickHouse {section} differ from expected.json"
+    assert ch["aggregate_totals"] == expected["totals"], "the daily aggregate disagrees with the ledger"
 
 
 @pytest.mark.parametrize("example", EXAMPLES)
@@ -150,7 +161,8 @@ def test_crash_inside_a_batch(pipe: Env, point: str) -> None:
     example = "messy"
     pipe.produce(scenario.load_records(example))
     w = scenario.WorkerProcess(
-        pipe.config(example), {**pipe.env, "FENXIAO_BATCH_SIZE": "50", "FENXIAO_CRASH_AT": f"{point}:3"},
+        pipe.config(example),
+        {**pipe.env, "FENXIAO_BATCH_SIZE": "50", "FENXIAO_CRASH_AT": f"{point}:3"},
         pipe.tmp / "worker.log",
     ).start()
     assert w.proc is not None

@@ -1,0 +1,270 @@
+"""`fenxiao demo`: the local stack, a worker, a generated flash sale in real time, a live view, a report."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+
+from streams import names
+
+console = Console()
+
+DEMO_CONFIG = """\
+# The demo's program: three levels, a d11 campaign, and a short freeze so settlement shows live.
+[program]
+levels = 3
+self_purchase = false
+attribution_window_seconds = 86400
+freeze_seconds = 20
+max_total_bps = 2000
+
+[tiers.standard]
+rates_bps = [1000, 500, 200]
+[tiers.silver]
+rates_bps = [1200, 600, 300]
+[tiers.gold]
+rates_bps = [1500, 700, 300]
+
+[campaigns.d11]
+max_total_bps = 2500
+[campaigns.d11.tiers.standard]
+rates_bps = [1300, 500, 200]
+
+[pipeline]
+ordering_grace_seconds = 2
+"""
+
+
+class DemoError(Exception):
+    """The demo cannot go on; the message says what to do."""
+
+
+def _get(port: int, path: str) -> Any:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+        return json.loads(r.read())
+
+
+def _cents(c: int) -> str:
+    return f"¥{c / 100:,.2f}" if abs(c) < 10**15 else str(c)
+
+
+async def _reset(bootstrap: str, redis_url: str, partitions: int) -> None:
+    """Empty the demo's topics and Redis db, so every demo starts from nothing."""
+    import redis.asyncio as aioredis
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from streams import stack
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        doomed = [t for t in (*names.INPUT_TOPICS, *names.OUTPUT_TOPICS) if t in existing]
+        if doomed:
+            await admin.delete_topics(doomed)
+        for _ in range(100):
+            if not set(doomed) & set(await admin.list_topics()):
+                break
+            await asyncio.sleep(0.2)
+    finally:
+        await admin.close()
+    for attempt in range(50):
+        try:
+            await asyncio.to_thread(stack.ensure_topics, bootstrap, partitions)
+            break
+        except Exception:
+            if attempt == 49:
+                raise
+            await asyncio.sleep(0.3)
+    r = aioredis.Redis.from_url(redis_url)
+    try:
+        await r.flushdb()
+    finally:
+        await r.aclose()
+
+
+async def _top_earners(redis_url: str, n: int = 8) -> list[tuple[str, int, int]]:
+    """(user, pending, available) of the biggest earners, straight from the balances in Redis."""
+    import redis.asyncio as aioredis
+
+    r = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    rows = []
+    try:
+        keys = [k async for k in r.scan_iter(match=names.KEY_BALANCE + "*", count=2000)]
+        async with r.pipeline(transaction=False) as p:
+            for k in keys:
+                p.hmget(k, "p", "a")
+            vals = await p.execute()
+        for k, (pend, avail) in zip(keys, vals, strict=True):
+            rows.append((k[len(names.KEY_BALANCE) :], int(pend or 0), int(avail or 0)))
+    finally:
+        await r.aclose()
+    rows.sort(key=lambda t: t[1] + t[2], reverse=True)
+    return rows[:n]
+
+
+def _view(status: dict[str, Any], produced: int, total: int, rate: float, top: list[tuple[str, int, int]]) -> Group:
+    head = Table.grid(padding=(0, 3))
+    head.add_row(
+        f"[bold]produced[/] {produced:,}/{total:,}",
+        f"[bold]applied[/] {status.get('applied', 0):,}",
+        f"[bold]events/s[/] {rate:,.0f}",
+        f"[bold]entries[/] {status.get('entries', 0):,}",
+        f"[bold]dead letters[/] {status.get('dead_letters', 0):,}",
+        f"[bold]held[/] {status.get('held', 0):,}",
+    )
+    t = Table(title="top earners (live from Redis)", expand=False)
+    t.add_column("distributor")
+    t.add_column("pending 冻结中", justify="right")
+    t.add_column("available 可提现", justify="right")
+    for uid, pend, avail in top:
+        t.add_row(uid, _cents(pend), _cents(avail))
+    return Group(Panel(head, title="双11 flash sale — fenxiao demo"), t)
+
+
+def run(users: int, orders: int, duration: float, seed: int, speed: float = 4.0) -> int:
+    """The whole demo; returns an exit code."""
+    from streams import flashsale, stack
+    from streams.settings import get_settings
+
+    settings = get_settings()
+    cfg = stack.config_from_settings(settings)
+    console.print("[bold]1/5[/] starting the local stack (Kafka in KRaft mode, Redis)…")
+    try:
+        stack.up(cfg, settings.partitions)
+    except stack.StackError as e:
+        raise DemoError(str(e)) from e
+    redis_url = settings.redis_url.get_secret_value()
+    demo_dir = settings.var_dir.resolve() / "demo"
+    demo_dir.mkdir(parents=True, exist_ok=True)
+    config_path = demo_dir / "fenxiao.toml"
+    config_path.write_text(DEMO_CONFIG, encoding="utf-8")
+    ch_path = demo_dir / "clickhouse"
+    console.print("[bold]2/5[/] emptying the demo topics and Redis db…")
+    asyncio.run(_reset(settings.kafka, redis_url, settings.partitions))
+    if ch_path.exists():
+        import shutil
+
+        shutil.rmtree(ch_path)
+
+    from streams.stack import pick_free_ports
+
+    (port,) = pick_free_ports(1)
+    env = {
+        **os.environ,
+        names.ENV_CONFIG: str(config_path),
+        names.ENV_APP_ID: f"fenxiao-demo-{int(time.time())}",
+        names.ENV_WEB_PORT: str(port),
+        names.ENV_CLICKHOUSE_PATH: str(ch_path),
+    }
+    log_path = demo_dir / "worker.log"
+    console.print(f"[bold]3/5[/] starting a worker (log: {log_path})…")
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "worker", "--config", str(config_path), "--loglevel", "warning"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        _wait_ready(port, proc, log_path)
+        records = list(flashsale.generate(users, orders, seed, datetime.now(UTC), duration))
+        console.print(
+            f"[bold]4/5[/] replaying a generated sale at {speed:g}x real time: {users:,} users, {orders:,} orders, "
+            f"{len(records):,} events. Worker status: http://127.0.0.1:{port}/status"
+        )
+        asyncio.run(_live(settings.kafka, redis_url, records, port, speed))
+        _wait_settled(port, redis_url, timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+    console.print("[bold]5/5[/] report from ClickHouse:")
+    from streams import reports
+
+    reports.print_demo_report(ch_path, console)
+    console.print(
+        f"\nDone. The stack keeps running (`fenxiao stack status`, `fenxiao stack down`); data in {cfg.var_dir}"
+    )
+    return 0
+
+
+def _wait_ready(port: int, proc: subprocess.Popen[bytes], log_path: Path) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
+            raise DemoError(f"the worker exited with {proc.returncode}; its log ends with:\n{tail}")
+        with contextlib.suppress(OSError):
+            _get(port, "/health")
+            return
+        time.sleep(0.3)
+    raise DemoError(f"the worker did not answer within 120 s; see {log_path}")
+
+
+async def _live(bootstrap: str, redis_url: str, records: list[dict[str, Any]], port: int, speed: float) -> None:
+    """Produce in real time while showing events/s and the top earners."""
+    from streams import replay
+
+    produced = 0
+
+    async def counted() -> int:
+        nonlocal produced
+
+        def gen() -> Any:
+            nonlocal produced
+            for r in records:
+                produced += 1
+                yield r
+
+        return await replay.produce(bootstrap, gen(), realtime_speed=speed, progress=False)
+
+    task = asyncio.create_task(counted())
+    last_applied, last_t = 0, time.monotonic()
+    rate = 0.0
+    with Live(console=console, refresh_per_second=4) as live:
+        while True:
+            status: dict[str, Any] = {}
+            with contextlib.suppress(OSError, ValueError):
+                status = await asyncio.to_thread(_get, port, "/status")
+            now = time.monotonic()
+            applied = int(status.get("applied", last_applied))
+            rate = 0.7 * rate + 0.3 * (applied - last_applied) / max(now - last_t, 1e-3)
+            last_applied, last_t = applied, now
+            top = await _top_earners(redis_url)
+            live.update(_view(status, produced, len(records), rate, top))
+            if task.done() and status.get("held", 1) == 0 and applied >= produced - status.get("dead_letters", 0):
+                break
+            await asyncio.sleep(1.0)
+    await task
+
+
+def _wait_settled(port: int, redis_url: str, timeout: float) -> None:
+    """Wait for the last freezes to end, so the report shows settled money too."""
+    import redis
+
+    r = redis.Redis.from_url(redis_url)
+    deadline = time.monotonic() + timeout
+    with console.status("waiting for the last orders' freeze to end (settlement)…"):
+        while time.monotonic() < deadline and r.zcard(names.KEY_SETTLE) > 0:
+            time.sleep(1.0)
+    time.sleep(2.0)
