@@ -12,6 +12,7 @@ data) and select the database (`fenxiao` by default), so SQL names tables unqual
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -108,11 +109,8 @@ _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", "
 
 
 def param_text(value: object, top_level: bool = True) -> str:
-    """A parameter value in ClickHouse's query-parameter text form, which chDB needs pre-serialized.
-
-    Top-level values are in the escaped (TSV) form, values inside arrays/tuples are quoted literals;
-    either way they are parsed as a value of the declared `{name:Type}`, never as SQL.
-    """
+    """A value in ClickHouse's parameter text form, which chDB wants pre-serialized; parsed as data, never SQL."""
+    # Top level: the escaped (TSV) form; inside arrays and tuples: quoted literals.
     if value is None:
         return "\\N" if top_level else "NULL"
     if isinstance(value, bool):
@@ -276,7 +274,11 @@ class ChdbBackend:
         quote_identifier(database)
         self.path = resolved
         self.database = database
+        self.max_param_bytes: int | None = None  # parameters go in-process: no size limit
         self._types: dict[str, dict[str, pa.DataType | None]] = {}
+        # A chDB connection with a streaming insert open answers other statements with empty results,
+        # so statements from several threads (the sink's flush thread, the web views) take turns.
+        self._lock = threading.RLock()
         _acquire_directory(resolved)
         try:
             from chdb import session as chdb_session
@@ -307,13 +309,14 @@ class ChdbBackend:
 
     def _run(self, sql: str, fmt: str, params: Mapping[str, object] | None) -> Any:
         """One statement through the session, with parameters serialized the way chDB expects."""
-        if self._session is None:
-            raise ClickHouseError("the embedded ClickHouse backend is closed")
         text_params = {k: param_text(v) for k, v in (params or {}).items()}
-        try:
-            return self._session.query(sql, fmt, params=text_params)
-        except Exception as exc:
-            raise ClickHouseError(str(exc)) from exc
+        with self._lock:
+            if self._session is None:
+                raise ClickHouseError("the embedded ClickHouse backend is closed")
+            try:
+                return self._session.query(sql, fmt, params=text_params)
+            except Exception as exc:
+                raise ClickHouseError(str(exc)) from exc
 
     def command(self, sql: str, params: Mapping[str, object] | None = None) -> None:
         """Run a statement and discard its output; forget cached column types, since DDL may change them."""
@@ -361,20 +364,22 @@ class ChdbBackend:
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, batch.schema) as writer:
             writer.write_batch(batch)
-        if self._session is None:
-            raise ClickHouseError("the embedded ClickHouse backend is closed")
-        try:
-            inserter = self._session.send_insert(
-                f"INSERT INTO {target} ({column_list}) SETTINGS {_INSERT_SETTINGS_SQL}", "ArrowStream"
-            )
-        except Exception as exc:
-            raise ClickHouseError(str(exc)) from exc
-        try:
-            inserter.append(sink.getvalue().to_pybytes())
-            inserter.finish()
-        except Exception as exc:
-            inserter.cancel()
-            raise ClickHouseError(str(exc)) from exc
+        payload = sink.getvalue().to_pybytes()
+        with self._lock:
+            if self._session is None:
+                raise ClickHouseError("the embedded ClickHouse backend is closed")
+            try:
+                inserter = self._session.send_insert(
+                    f"INSERT INTO {target} ({column_list}) SETTINGS {_INSERT_SETTINGS_SQL}", "ArrowStream"
+                )
+            except Exception as exc:
+                raise ClickHouseError(str(exc)) from exc
+            try:
+                inserter.append(payload)
+                inserter.finish()
+            except Exception as exc:
+                inserter.cancel()
+                raise ClickHouseError(str(exc)) from exc
 
     def _column_types(self, table: str) -> dict[str, pa.DataType | None]:
         """Arrow types of a table's columns, read once from system.columns."""
@@ -393,13 +398,17 @@ class ChdbBackend:
 
     def close(self) -> None:
         """Close the session and release the data directory; safe to call twice."""
-        session, self._session = getattr(self, "_session", None), None
-        if session is None:
+        lock = getattr(self, "_lock", None)
+        if lock is None:
             return
-        try:
-            session.close()
-        finally:
-            _release_directory(self.path)
+        with lock:
+            session, self._session = getattr(self, "_session", None), None
+            if session is None:
+                return
+            try:
+                session.close()
+            finally:
+                _release_directory(self.path)
 
     def __enter__(self) -> Self:
         return self
@@ -408,10 +417,8 @@ class ChdbBackend:
         self.close()
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:
-            log.debug("clickhouse: error closing a forgotten chDB backend", exc_info=True)
 
     def __repr__(self) -> str:
         return f"ChdbBackend(path={str(self.path)!r}, database={self.database!r})"
@@ -508,6 +515,10 @@ class ServerBackend:
         quote_identifier(database)
         self._client: Any = client
         self.database = database
+        # The server refuses a parameter longer than http_max_field_value_size (128 KiB by default).
+        self.max_param_bytes: int | None = 120_000
+        # One HTTP session: concurrent statements in it are refused ("session is locked"), so take turns.
+        self._lock = threading.RLock()
         exists = self.query("SELECT count() FROM system.databases WHERE name = {db:String}", {"db": database})
         if not exists or not exists[0][0]:
             self.command(f"CREATE DATABASE IF NOT EXISTS {quote_identifier(database)}")
@@ -516,14 +527,16 @@ class ServerBackend:
     def command(self, sql: str, params: Mapping[str, object] | None = None) -> None:
         """Run a statement with server-side parameter binding."""
         try:
-            self._client.command(sql, parameters=dict(params) if params else None)
+            with self._lock:
+                self._client.command(sql, parameters=dict(params) if params else None)
         except Exception as exc:
             raise ClickHouseError(str(exc)) from exc
 
     def query(self, sql: str, params: Mapping[str, object] | None = None) -> list[tuple[Any, ...]]:
         """Run a query with server-side parameter binding and return tuples."""
         try:
-            result = self._client.query(sql, parameters=dict(params) if params else None)
+            with self._lock:
+                result = self._client.query(sql, parameters=dict(params) if params else None)
         except Exception as exc:
             raise ClickHouseError(str(exc)) from exc
         return [tuple(row) for row in result.result_rows]
@@ -535,15 +548,17 @@ class ServerBackend:
         db, _, bare = table.rpartition(".")
         quote_identifier(bare)
         try:
-            self._client.insert(
-                bare, rows, column_names=list(columns), database=db or self.database, settings=dict(INSERT_SETTINGS)
-            )
+            with self._lock:
+                self._client.insert(
+                    bare, rows, column_names=list(columns), database=db or self.database, settings=dict(INSERT_SETTINGS)
+                )
         except Exception as exc:
             raise ClickHouseError(str(exc)) from exc
 
     def close(self) -> None:
         """Close the HTTP client."""
-        self._client.close()
+        with self._lock:
+            self._client.close()
 
     def __enter__(self) -> Self:
         return self
@@ -631,11 +646,9 @@ def split_statements(sql: str) -> list[str]:
 
 
 def migrate(ch: ClickHouse, directory: Path | Traversable | None = None) -> list[str]:
-    """Apply the migrations not recorded in schema_migrations, in order; returns the names applied (none = no-op).
-
-    Each statement is IF NOT EXISTS, so a migration interrupted half-way is simply applied again,
-    and two processes migrating at once (server deployments) both succeed.
-    """
+    """Apply the migrations schema_migrations does not list, in order; returns their names (none: a no-op)."""
+    # Every statement is IF NOT EXISTS: a migration interrupted half-way is simply applied again, and two
+    # processes migrating one server at once both succeed.
     ch.command(
         f"CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} ("
         " version UInt32 COMMENT 'NNN of the applied schemas/clickhouse/NNN_name.sql',"

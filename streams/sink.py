@@ -7,19 +7,25 @@ must not be committed (the records will be offered again, and that is safe).
 Exactly-once into ClickHouse on top of at-least-once delivery: every table has a dedupe key
 (entry_id, event_id, or the whole binding record). Rows are deduplicated within the buffer on
 `add`, and before each insert the sink asks the table which of the chunk's keys it already
-holds (one parameterized query per chunk) and inserts only the others. A replayed batch, with
+holds (one parameterized query per chunk of up to 100k rows; on a server, per 120 KB of keys,
+its parameter size limit) and inserts only the others. A replayed batch, with
 any boundaries, therefore inserts nothing twice, and the materialized views, which sum every
 inserted row, never see a duplicate. A failed insert is retried with exponential backoff and
 the existence check is redone before every attempt, so an insert that did land but reported a
 failure (a timeout, say) is not written again.
 
-Assumption: one sink writes a given table at a time (the worker is its single writer), so no
-one inserts a key between our check and our insert. Should a duplicate get in anyway (a second
+Assumption: one sink at a time writes a given key, so no one inserts it between our check and
+our insert. The worker guarantees it: it is the tables' only writer, and a key comes from one
+Kafka partition, which the consumer group gives to one worker (a rebalance is the exception:
+the old owner may still be flushing while the new one replays). Should a duplicate get in anyway (a second
 writer, a manual insert, a server-side retry), the raw tables are ReplacingMergeTree keyed on
 the dedupe key and every report below reads them with FINAL, so reports stay right; only the
 summed aggregate tables would be off, and rebuild_aggregates() recomputes them from the raw rows.
 
-flush() is blocking; an asyncio caller runs it in an executor thread.
+Rows are validated (kind, level, integer cents) on add(), so a bad row fails its producer at
+once instead of blocking every later flush. flush() is blocking: an asyncio caller runs it in a
+thread, and add() may go on meanwhile (rows added during a flush wait for the next one). Both
+pause the cyclic GC while they churn through large buffers.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -50,20 +57,24 @@ _KIND_SET = frozenset(KINDS)
 Row = Mapping[str, Any]
 Values = tuple[object, ...]
 _KEYS_PARAM = "JSONExtract({keys:String}, 'Array(String)')"
+# Backends without a max_param_bytes attribute get lookups small enough for a server's 128 KiB limit.
+_DEFAULT_PARAM_BYTES = 120_000
 
 
 def _cents(value: object, what: str) -> object:
     """Money is integer cents: refuse floats (and bools) before they reach an Int64 column."""
-    if value is not None and (type(value) is not int):
+    if value is not None and type(value) is not int:
         raise TypeError(f"{what} must be integer cents, got {type(value).__name__} {value!r}")
     return value
 
 
 def _ledger_values(r: Row) -> Values:
     """A ledger entry (fenxiao.commissions record) as ledger_entries values."""
-    kind = r["kind"]
+    kind, level = r["kind"], r["level"]
     if kind not in _KIND_SET:
         raise ValueError(f"ledger entry {r.get('entry_id')!r}: unknown kind {kind!r}")
+    if type(level) is not int or not 1 <= level <= 3:
+        raise ValueError(f"ledger entry {r.get('entry_id')!r}: level must be 1, 2 or 3, got {level!r}")
     return (
         r["entry_id"],
         r["source_event_id"],
@@ -71,7 +82,7 @@ def _ledger_values(r: Row) -> Values:
         r["order_id"],
         r["buyer_id"],
         r["beneficiary_id"],
-        r["level"],
+        level,
         kind,
         _cents(r["amount_cents"], "amount_cents"),
         r["campaign_id"] or "",
@@ -140,17 +151,35 @@ class _Table:
     composite: bool = False  # key is a tuple whose first element is the lookup value (else the key is that value)
 
     def existing(self, ch: ClickHouse, keys: Sequence[Hashable]) -> set[Hashable]:
-        """The keys among `keys` the table already holds: one query, ids passed as one JSON string parameter.
-
-        A JSON string parsed by JSONExtract scales to 100k ids per query; an Array(String) parameter becomes
-        a literal in the query AST, which ClickHouse analyses in time quadratic in its size.
-        """
+        """The keys among `keys` the table holds already: one query per parameter-sized group of keys."""
+        # The keys travel as one JSON string parsed by JSONExtract: ~1 µs per key. An Array(String)
+        # parameter becomes a literal in the query AST, and IN analyses that in time quadratic in its size.
         lookups = list(dict.fromkeys(cast(tuple[Any, ...], k)[0] for k in keys)) if self.composite else list(keys)
-        rows = ch.query(
-            f"SELECT {self.stored_key} FROM {self.name} WHERE {self.lookup} IN (SELECT arrayJoin({_KEYS_PARAM}))",
-            {"keys": json.dumps(lookups)},
-        )
-        return {self.from_stored(row) for row in rows}
+        sql = f"SELECT {self.stored_key} FROM {self.name} WHERE {self.lookup} IN (SELECT arrayJoin({_KEYS_PARAM}))"
+        limit: int | None = getattr(ch, "max_param_bytes", _DEFAULT_PARAM_BYTES)
+        found: set[Hashable] = set()
+        for group in _within(lookups, limit):
+            found.update(self.from_stored(row) for row in ch.query(sql, {"keys": json.dumps(group)}))
+        return found
+
+
+def _within(keys: list[Any], limit: int | None) -> Iterator[list[Any]]:
+    """Consecutive groups of keys whose JSON fits in `limit` bytes (all at once when there is no limit)."""
+    if limit is None:
+        yield keys
+        return
+    group: list[Any] = []
+    size = 2
+    for key in keys:
+        text = json.dumps(key)
+        length = len(text) + text.count("\\") + 1  # a backslash is escaped once more in the parameter
+        if group and size + length > limit:
+            yield group
+            group, size = [], 2
+        group.append(key)
+        size += length
+    if group:
+        yield group
 
 
 # The key of event-like tables is their first column (entry_id / event_id), in a buffered row and in a
@@ -218,8 +247,7 @@ TABLES: dict[str, _Table] = {
 
 @contextmanager
 def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic GC while a flush allocates columns: it would rescan the whole (acyclic) buffer
-    many times over, about a fifth of a large flush. Restores the previous state."""
+    """Pause the cyclic GC during bulk work: it would rescan the big, acyclic buffer over and over (~20% of a flush)."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -262,6 +290,8 @@ class ClickHouseSink:
         self.retry_on = retry_on
         self._sleep = sleep
         self._buffers: dict[str, dict[Hashable, Values]] = {}
+        # add() may run on the event loop while flush() runs in a thread: buffers are swapped, not shared.
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"<ClickHouseSink buffered={self.buffered()}>"
@@ -272,10 +302,9 @@ class ClickHouseSink:
         if spec is None:
             raise ValueError(f"unknown table {table!r}; expected one of {', '.join(TABLES)}")
         values = spec.values(row)
-        buffer = self._buffers.get(table)
-        if buffer is None:
-            buffer = self._buffers[table] = {}
-        buffer.setdefault(spec.key(values), values)
+        key = spec.key(values)
+        with self._lock:
+            self._buffers.setdefault(table, {}).setdefault(key, values)
 
     def add_many(self, table: str, rows: Iterable[Row]) -> None:
         """add() for many rows of one table, with the lookups hoisted and the GC paused (bulk loads, replays)."""
@@ -283,37 +312,45 @@ class ClickHouseSink:
         if spec is None:
             raise ValueError(f"unknown table {table!r}; expected one of {', '.join(TABLES)}")
         to_values, key_of = spec.values, spec.key
-        buffer = self._buffers.setdefault(table, {})
-        with _gc_paused():
+        with self._lock, _gc_paused():
+            buffer = self._buffers.setdefault(table, {})
             for row in rows:
                 values = to_values(row)
                 buffer.setdefault(key_of(values), values)
 
     def buffered(self) -> dict[str, int]:
         """Rows waiting per table (after in-batch dedupe)."""
-        return {table: len(rows) for table, rows in self._buffers.items()}
+        with self._lock:
+            return {table: len(rows) for table, rows in self._buffers.items()}
 
     def flush(self) -> dict[str, int]:
-        """Write every buffered table; returns rows actually inserted per table (replays count 0).
-
-        A table is dropped from the buffer once written. If one still fails after the retries,
-        SinkWriteError is raised and its rows (and those of tables not reached) stay buffered,
-        so a later flush() retries them without duplicating what did get written.
-        """
+        """Write every buffered table and return the rows inserted per table; raise (keeping the rows) if one fails."""
+        # Each table's buffer is taken out before writing, so rows added meanwhile wait for the next flush.
+        # On SinkWriteError the unwritten tables go back into the buffer: a later flush() retries them,
+        # and its existence checks skip whatever the failed attempt did write.
         inserted: dict[str, int] = {}
-        with _gc_paused():
-            for table in list(self._buffers):
-                self._flush_table(table, inserted)
+        with self._lock:
+            taken, self._buffers = self._buffers, {}
+        try:
+            with _gc_paused():
+                for table in list(taken):
+                    started = time.perf_counter()
+                    inserted[table] = self._write(TABLES[table], list(taken[table].items()))
+                    rows = taken.pop(table)
+                    elapsed = time.perf_counter() - started
+                    log.debug("sink: %s %d offered, %d new in %.3fs", table, len(rows), inserted[table], elapsed)
+        finally:
+            if taken:
+                self._put_back(taken)
         return inserted
 
-    def _flush_table(self, table: str, inserted: dict[str, int]) -> None:
-        """Write one buffered table and drop it from the buffer."""
-        rows = self._buffers[table]
-        started = time.perf_counter()
-        inserted[table] = self._write(TABLES[table], list(rows.items()))
-        del self._buffers[table]
-        elapsed = time.perf_counter() - started
-        log.debug("sink: %s %d offered, %d new in %.3fs", table, len(rows), inserted[table], elapsed)
+    def _put_back(self, taken: dict[str, dict[Hashable, Values]]) -> None:
+        """Return unwritten rows to the buffer, ahead of rows added since (their order is the input order)."""
+        with self._lock:
+            for table, rows in taken.items():
+                for key, values in self._buffers.pop(table, {}).items():
+                    rows.setdefault(key, values)
+                self._buffers[table] = rows
 
     def _write(self, spec: _Table, items: list[tuple[Hashable, Values]]) -> int:
         """Write a table's rows in chunks small enough for one INSERT block (atomic) and one existence query."""
@@ -364,10 +401,7 @@ def ledger_totals(ch: ClickHouse) -> dict[str, int]:
 
 
 def balances(ch: ClickHouse) -> dict[str, tuple[int, int]]:
-    """(pending, available) cents per beneficiary, as the spec defines them.
-
-    pending = accrued + reversed − settled; available = settled + clawed_back.
-    """
+    """(pending, available) cents per beneficiary: accrued + reversed − settled, and settled + clawed_back."""
     rows = ch.query(
         "SELECT beneficiary_id,"
         " sumIf(amount_cents, kind IN ('accrued', 'reversed')) - sumIf(amount_cents, kind = 'settled'),"
@@ -459,11 +493,8 @@ _REBUILD = (
 
 
 def rebuild_aggregates(ch: ClickHouse) -> None:
-    """Recompute the summed aggregates from the deduplicated raw tables; run it with the worker stopped.
-
-    The repair for the one case the sink cannot prevent: a duplicate inserted behind its back, or an
-    insert whose raw part was committed while its materialized-view part failed. Same expressions as
-    schemas/clickhouse/002_aggregates.sql.
-    """
+    """Recompute the summed aggregates from the deduplicated raw tables (worker stopped): the repair for duplicates."""
+    # For what the sink cannot prevent: a row inserted behind its back, or an insert whose raw part was
+    # committed while its materialized-view part failed. Same expressions as 002_aggregates.sql.
     for statement in _REBUILD:
         ch.command(statement)

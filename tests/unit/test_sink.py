@@ -147,6 +147,19 @@ def test_a_replay_with_other_boundaries_inserts_nothing_twice() -> None:
     assert sorted(ch.keys(LEDGER), key=lambda k: int(str(k)[1:])) == [f"e{i}" for i in range(101)]
 
 
+def test_existence_checks_respect_the_backends_parameter_size_limit() -> None:
+    ch = FakeClickHouse()
+    ch.max_param_bytes = 40  # type: ignore[attr-defined]
+    sink, _ = new_sink(ch)
+    sink.add_many(LEDGER, [entry(i) for i in range(10)])
+    sink.flush()
+    queries = ch.queries
+    assert queries > 1
+    sink.add_many(LEDGER, [entry(i) for i in range(12)])
+    assert sink.flush() == {LEDGER: 2}
+    assert sorted(map(str, ch.keys(LEDGER))) == sorted(f"e{i}" for i in range(12))
+
+
 def test_large_batches_are_written_in_chunks_each_checked_and_inserted() -> None:
     ch = FakeClickHouse()
     sink, _ = new_sink(ch, chunk_rows=3)
@@ -213,6 +226,24 @@ def _fail_for(ch: FakeClickHouse, table: str, times: int) -> Any:
     return insert
 
 
+def test_rows_added_while_a_flush_is_writing_wait_for_the_next_flush() -> None:
+    ch = FakeClickHouse()
+    sink, _ = new_sink(ch)
+    original = ch.insert
+
+    def insert_then_receive_more(table: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+        original(table, columns, rows)
+        sink.add(LEDGER, entry(99))  # the event loop buffering a new record meanwhile
+
+    ch.insert = insert_then_receive_more  # type: ignore[method-assign]
+    sink.add_many(LEDGER, [entry(i) for i in range(3)])
+    assert sink.flush() == {LEDGER: 3}
+    assert sink.buffered() == {LEDGER: 1}
+    ch.insert = original  # type: ignore[method-assign]
+    assert sink.flush() == {LEDGER: 1}
+    assert sorted(map(str, ch.keys(LEDGER))) == ["e0", "e1", "e2", "e99"]
+
+
 def test_errors_that_are_not_transient_are_raised_at_once() -> None:
     ch = FlakyClickHouse(failures=1, error=ValueError)
     sink, slept = new_sink(ch)
@@ -228,6 +259,8 @@ def test_rows_are_validated_when_added() -> None:
         sink.add(LEDGER, entry(1, kind="bonus"))
     with pytest.raises(TypeError, match="integer cents"):
         sink.add(LEDGER, entry(1, amount_cents=1.5))
+    with pytest.raises(ValueError, match="level"):
+        sink.add(LEDGER, entry(1, level=4))
     with pytest.raises(TypeError, match="integer cents"):
         sink.add(
             ORDERS, {"event_id": "x", "ts": "t", "order_id": "o", "type": "paid", "buyer_id": "b", "amount_cents": 9.99}
