@@ -1,6 +1,6 @@
 """Insert rate of ledger rows through ClickHouseSink into embedded chDB: prints numbers, asserts nothing.
 
-    .venv/bin/python bench/sink_bench.py [--rows 1000000] [--path DIR]
+    .venv/bin/python bench/sink_bench.py [--rows 1000000] [--path DIR] [--chunk-rows 100000]
 
 Measures a first flush (all rows new) and a replay of the same rows (all found, none inserted),
 the two costs a worker pays per batch. Uses a fresh temporary data directory unless --path is
@@ -64,6 +64,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--path", type=Path, default=None, help="chDB data directory (default: a fresh temp dir)")
+    parser.add_argument("--chunk-rows", type=int, default=100_000, help="rows per existence check and INSERT")
     args = parser.parse_args()
 
     print(f"generating {args.rows:,} ledger rows ...")
@@ -76,7 +77,7 @@ def main() -> None:
                 ch.command(f"DROP DATABASE IF EXISTS {database}")
                 ch.command(f"CREATE DATABASE {database}")
                 migrate(ch)
-                sink = ClickHouseSink(ch)
+                sink = ClickHouseSink(ch, chunk_rows=args.chunk_rows)
                 for label in ("first write", "replay"):
                     add_s, flush_s, inserted = measure(sink, rows, bulk)
                     total = add_s + flush_s
