@@ -172,6 +172,7 @@ def run(users: int, orders: int, duration: float, seed: int, speed: float = 4.0)
         names.ENV_WEB_PORT: str(port),
         names.ENV_CLICKHOUSE_PATH: str(ch_path),
     }
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     log_path = demo_dir / "worker.log"
     console.print(f"[bold]3/5[/] starting a worker (log: {log_path})…")
     with open(log_path, "ab") as log:
@@ -181,6 +182,7 @@ def run(users: int, orders: int, duration: float, seed: int, speed: float = 4.0)
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
     try:
         _wait_ready(port, proc, log_path)
@@ -206,6 +208,19 @@ def run(users: int, orders: int, duration: float, seed: int, speed: float = 4.0)
         f"\nDone. The stack keeps running (`fenxiao stack status`, `fenxiao stack down`); data in {cfg.var_dir}"
     )
     return 0
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    """Turn SIGTERM into SystemExit so the demo's cleanup stops its worker."""
+    raise SystemExit(128 + signum)
+
+
+def _die_with_parent() -> None:
+    """In the worker child: get SIGTERM if the demo dies, so no orphan keeps applying events."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
 def _wait_ready(port: int, proc: subprocess.Popen[bytes], log_path: Path) -> None:

@@ -8,6 +8,7 @@ decisions land or none do. Layout: docs/redis.md.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,7 @@ from streams import names
 from streams.ledger import ClickMark, OrderState, SeqKey, State, TierMark, User
 
 CLICK_TTL_MARGIN_MS = 86_400_000
+LEASE_TTL_MS = 10_000
 MAX_CHAIN = 100_000
 
 _LOAD_LUA = """
@@ -150,10 +152,36 @@ class BatchRequest:
         return req
 
 
+class LeaseLost(RuntimeError):
+    """Another worker holds this Redis: applying events here would move money twice."""
+
+
+def acquire_lease(url: str, owner: str, wait_s: float) -> None:
+    """Take the single-writer lease, waiting for a dead holder's lease to expire; sync, before the loop starts."""
+    import redis
+
+    r = redis.Redis.from_url(url, decode_responses=True)
+    deadline = time.monotonic() + wait_s
+    try:
+        while True:
+            if r.set(names.KEY_LEASE, owner, nx=True, px=LEASE_TTL_MS) or r.get(names.KEY_LEASE) == owner:
+                return
+            if time.monotonic() > deadline:
+                holder = str(r.get(names.KEY_LEASE))
+                raise LeaseLost(
+                    f"another worker ({holder}) is applying events to this Redis; only one may at a time. "
+                    "Stop it, or give this worker its own Redis (FENXIAO_REDIS_URL)."
+                )
+            time.sleep(0.5)
+    finally:
+        r.close()
+
+
 class RedisStore:
     """Loads a batch's slice of state and writes back what the ledger changed, atomically."""
 
-    def __init__(self, url: str, attribution_window_ms: int) -> None:
+    def __init__(self, url: str, attribution_window_ms: int, owner: str = "") -> None:
+        self.owner = owner
         self.redis = aioredis.Redis.from_url(url, decode_responses=True)
         self._load = self.redis.register_script(_LOAD_LUA)
         self.click_ttl_ms = attribution_window_ms + CLICK_TTL_MARGIN_MS
@@ -208,9 +236,26 @@ class RedisStore:
         state.dead_checked = set(req.events)
         return state
 
-    async def commit(self, state: State, position: SeqKey | None) -> None:
-        """Write every change of the batch in one MULTI/EXEC."""
+    async def renew_lease(self) -> None:
+        """Extend the lease; raise if another worker took it (the timer keeps it alive between batches)."""
         async with self.redis.pipeline(transaction=True) as p:
+            await self._check_lease(p)
+            p.multi()  # type: ignore[no-untyped-call]
+            p.set(names.KEY_LEASE, self.owner, px=LEASE_TTL_MS)
+            await p.execute()
+
+    async def _check_lease(self, p: Any) -> None:
+        await p.watch(names.KEY_LEASE)
+        holder = await p.get(names.KEY_LEASE)
+        if holder not in (None, self.owner):
+            raise LeaseLost(f"worker {holder} took over this Redis; this worker ({self.owner}) must stop")
+
+    async def commit(self, state: State, position: SeqKey | None) -> None:
+        """Write every change of the batch in one MULTI/EXEC, only while this worker holds the lease."""
+        async with self.redis.pipeline(transaction=True) as p:
+            await self._check_lease(p)
+            p.multi()  # type: ignore[no-untyped-call]
+            p.set(names.KEY_LEASE, self.owner, px=LEASE_TTL_MS)
             for uid in state.dirty_users:
                 u = state.users[uid]
                 assert u is not None

@@ -54,10 +54,10 @@ class Runtime:
 _runtime: Runtime | None = None
 
 
-def init(settings: Settings, program: Program, sink: ClickHouseSink) -> Runtime:
+def init(settings: Settings, program: Program, sink: ClickHouseSink, owner: str) -> Runtime:
     """Create the shared objects; called once by `fenxiao worker` before the app starts."""
     global _runtime
-    store = RedisStore(settings.redis_url.get_secret_value(), program.attribution_window_ms)
+    store = RedisStore(settings.redis_url.get_secret_value(), program.attribution_window_ms, owner)
     _runtime = Runtime(
         settings,
         program,

@@ -44,15 +44,24 @@ def run(config_path: str | None, loglevel: str = "info") -> int:
     stack.ensure_topics(settings.kafka, settings.partitions)
     os.environ[names.ENV_CONFIG] = str(path)
 
+    import socket
+
     from streams import clickhouse, runtime
+    from streams.referral_store import LEASE_TTL_MS, LeaseLost, acquire_lease
     from streams.sink import ClickHouseSink
+
+    owner = f"{settings.app_id}@{socket.gethostname()}:{os.getpid()}"
+    try:
+        acquire_lease(settings.redis_url.get_secret_value(), owner, wait_s=LEASE_TTL_MS / 1000 + 5)
+    except LeaseLost as e:
+        raise WorkerError(str(e)) from e
 
     try:
         ch = clickhouse.connect(settings)
         clickhouse.migrate(ch)
     except clickhouse.ClickHouseError as e:
         raise WorkerError(str(e)) from e
-    runtime.init(settings, program, ClickHouseSink(ch))
+    runtime.init(settings, program, ClickHouseSink(ch), owner)
     import faust
 
     from streams import agents, sink_agent, timers, views  # noqa: F401  (registers agents, timers and pages)

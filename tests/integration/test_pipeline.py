@@ -177,3 +177,26 @@ def test_crash_inside_a_batch(pipe: Env, point: str) -> None:
         assert_outcome(pipe, example, out, diff, w2)
     finally:
         w2.stop()
+
+
+def test_a_second_worker_on_the_same_redis_is_refused(pipe: Env) -> None:
+    """Another consumer group writing to the same Redis would pay everything twice: it must not start."""
+    example = "basic"
+    w = pipe.worker(example)
+    other_port = stack_mod.pick_free_ports(1)[0]
+    intruder = scenario.WorkerProcess(
+        pipe.config(example),
+        {**pipe.env, "FENXIAO_APP_ID": "fx-test-intruder", "FENXIAO_WEB_PORT": str(other_port)},
+        pipe.tmp / "intruder.log",
+    ).start()
+    try:
+        pipe.produce(scenario.load_records(example))
+        assert intruder.proc is not None
+        rc = intruder.proc.wait(60)
+        assert rc == 2, f"the second worker should refuse to start, exit {rc}:\n{intruder.log_tail()}"
+        assert "another worker" in intruder.log_tail() and "FENXIAO_REDIS_URL" in intruder.log_tail()
+        out, diff = pipe.outcome(scenario.load_expected(example))
+        assert_outcome(pipe, example, out, diff, w)
+    finally:
+        intruder.kill()
+        w.stop()
