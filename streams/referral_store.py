@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -250,12 +250,18 @@ class RedisStore:
         if holder not in (None, self.owner):
             raise LeaseLost(f"worker {holder} took over this Redis; this worker ({self.owner}) must stop")
 
-    async def commit(self, state: State, position: SeqKey | None) -> None:
-        """Write every change of the batch in one MULTI/EXEC, only while this worker holds the lease."""
+    async def commit(self, state: State, position: SeqKey | None, stage: Callable[[Any], None] | None = None) -> None:
+        """Write every change of the batch in one MULTI/EXEC, only while this worker holds the lease.
+
+        `stage` adds more commands to the same transaction (read models such as leaderboards), so they
+        land exactly when the batch's state does: once.
+        """
         async with self.redis.pipeline(transaction=True) as p:
             await self._check_lease(p)
             p.multi()  # type: ignore[no-untyped-call]
             p.set(names.KEY_LEASE, self.owner, px=LEASE_TTL_MS)
+            if stage is not None:
+                stage(p)
             for uid in state.dirty_users:
                 u = state.users[uid]
                 assert u is not None

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from schemas.events import Event, format_ts
 from streams.alignment import INF_KEY, Aligner
 from streams.config import Program
-from streams.ledger import Binding, Entry, Ledger, SeqKey
+from streams.ledger import Binding, Entry, Ledger, SeqKey, State
 from streams.referral_store import BatchRequest, RedisStore
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,12 @@ class DeadLetter:
         }
 
 
+class Projection(Protocol):
+    """A read model kept in Redis from a batch's results, written in the batch's own transaction."""
+
+    def stage(self, pipe: Any, state: State, entries: Sequence[Entry], bindings: Sequence[Binding]) -> None: ...
+
+
 class Outputs(Protocol):
     """Where a batch's records go; returns once the broker has acknowledged all of them."""
 
@@ -106,6 +112,7 @@ class Sequencer:
         clock: Callable[[], float] = time.monotonic,
         wall_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         crash_at: str | None = None,
+        projections: Sequence[Projection] = (),
     ) -> None:
         self.program = program
         self.store = store
@@ -118,6 +125,7 @@ class Sequencer:
         self.stats = Stats()
         self._last_settle_check = 0.0
         self._stopping = False
+        self.projections = tuple(projections)
         self._crash_point, _, n = (crash_at or "").partition(":")
         self._crash_batch = int(n) if n else 0
 
@@ -210,7 +218,12 @@ class Sequencer:
         self._maybe_crash("before_produce")
         await self.outputs.send_all(entries, bindings, dead)
         self._maybe_crash("after_produce")
-        await self.store.commit(state, batch[-1][0] if batch else None)
+
+        def stage(pipe: Any) -> None:
+            for proj in self.projections:
+                proj.stage(pipe, state, entries, bindings)
+
+        await self.store.commit(state, batch[-1][0] if batch else None, stage if self.projections else None)
         self._maybe_crash("after_commit")
         for _, h in batch:
             h.ack()
