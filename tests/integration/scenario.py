@@ -17,6 +17,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from streams import names, outcome
+from streams.referral_store import RedisStore
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
@@ -231,3 +232,49 @@ def clickhouse_outcome(env: Mapping[str, str]) -> dict[str, Any]:
     )
     assert r.returncode == 0, f"report failed: {r.stderr.decode(errors='replace')}"
     return json.loads(r.stdout)  # type: ignore[no-any-return]
+
+
+OUTCOME_TIMEOUT = 90.0
+
+
+@dataclass
+class Env:
+    """One test's private pipeline: fresh topics and Redis, its own consumer group, port and data dir."""
+
+    stack: Any
+    env: dict[str, str]
+    tmp: Path
+    web_port: int
+
+    def config(self, example: str) -> Path:
+        """The example's fenxiao.toml with a short idle grace, so a finished scenario settles quickly."""
+        text = (FIXTURES / example / "fenxiao.toml").read_text()
+        path = self.tmp / f"{example}.toml"
+        path.write_text(text + "\n[pipeline]\nordering_grace_seconds = 1\n")
+        return path
+
+    def worker(self, example: str, **extra_env: str) -> WorkerProcess:
+        """A worker subprocess for this test, started and answering."""
+        w = WorkerProcess(self.config(example), {**self.env, **extra_env}, self.tmp / "worker.log").start()
+        wait_http(self.web_port, "/health", 90, w)
+        return w
+
+    def produce(self, records: list[dict[str, Any]]) -> None:
+        """Produce records and wait for the broker's acks."""
+        asyncio.run(produce(self.stack.bootstrap, records))
+
+    def outcome(self, expected: dict[str, Any], timeout: float = OUTCOME_TIMEOUT) -> tuple[Outputs, list[str]]:
+        """Wait for the output topics to reach `expected`."""
+        return asyncio.run(wait_for_outcome(self.stack.bootstrap, expected, timeout))
+
+    def redis_balances(self) -> dict[str, dict[str, int]]:
+        """Every beneficiary's balances as Redis holds them."""
+
+        async def read() -> dict[str, dict[str, int]]:
+            s = RedisStore(self.stack.redis_url, 0)
+            try:
+                return await s.balances()
+            finally:
+                await s.close()
+
+        return asyncio.run(read())

@@ -2,86 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-import shutil
 import time
-import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from streams import stack as stack_mod
-from streams.referral_store import RedisStore
 from tests.integration import scenario
+from tests.integration.scenario import Env
 
 EXAMPLES = ["basic", "two-level", "messy"]
-OUTCOME_TIMEOUT = 90.0
-
-
-@dataclass
-class Env:
-    """One test's private pipeline: fresh topics and Redis, its own consumer group, port and data dir."""
-
-    stack: Any
-    env: dict[str, str]
-    tmp: Path
-    web_port: int
-
-    def config(self, example: str) -> Path:
-        """The example's fenxiao.toml with a short idle grace, so a finished scenario settles quickly."""
-        text = (scenario.FIXTURES / example / "fenxiao.toml").read_text()
-        path = self.tmp / f"{example}.toml"
-        path.write_text(text + "\n[pipeline]\nordering_grace_seconds = 1\n")
-        return path
-
-    def worker(self, example: str, **extra_env: str) -> scenario.WorkerProcess:
-        """A worker subprocess for this test, started and answering."""
-        w = scenario.WorkerProcess(self.config(example), {**self.env, **extra_env}, self.tmp / "worker.log").start()
-        scenario.wait_http(self.web_port, "/health", 90, w)
-        return w
-
-    def produce(self, records: list[dict[str, Any]]) -> None:
-        """Produce records and wait for the broker's acks."""
-        asyncio.run(scenario.produce(self.stack.bootstrap, records))
-
-    def outcome(self, expected: dict[str, Any], timeout: float = OUTCOME_TIMEOUT) -> tuple[scenario.Outputs, list[str]]:
-        """Wait for the output topics to reach `expected`."""
-        return asyncio.run(scenario.wait_for_outcome(self.stack.bootstrap, expected, timeout))
-
-    def redis_balances(self) -> dict[str, dict[str, int]]:
-        """Every beneficiary's balances as Redis holds them."""
-
-        async def read() -> dict[str, dict[str, int]]:
-            s = RedisStore(self.stack.redis_url, 0)
-            try:
-                return await s.balances()
-            finally:
-                await s.close()
-
-        return asyncio.run(read())
-
-
-@pytest.fixture
-def pipe(stack: Any, tmp_path: Path) -> Iterator[Env]:
-    """Empty topics, an empty Redis db and a new consumer group for each test."""
-    import redis
-
-    asyncio.run(scenario.reset_topics(stack.bootstrap, 4))
-    redis.Redis.from_url(stack.redis_url).flushdb()
-    (port,) = stack_mod.pick_free_ports(1)
-    env = {
-        "FENXIAO_KAFKA": stack.bootstrap,
-        "FENXIAO_REDIS_URL": stack.redis_url,
-        "FENXIAO_APP_ID": f"fx-test-{uuid.uuid4().hex[:8]}",
-        "FENXIAO_WEB_PORT": str(port),
-        "FENXIAO_VAR_DIR": str(tmp_path / "var"),
-        "FENXIAO_PARTITIONS": "4",
-    }
-    yield Env(stack, env, tmp_path, port)
-    shutil.rmtree(tmp_path / "var", ignore_errors=True)
 
 
 def assert_outcome(pipe: Env, example: str, out: scenario.Outputs, diff: list[str], *workers: Any) -> None:
