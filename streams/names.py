@@ -42,3 +42,11 @@ KEY_DEAD = "fx:dl"  # set of event ids already dead-lettered (a redelivery does 
 KEY_SETTLE = "fx:settle"  # zset order_id -> settle_at ms, completed but not settled
 KEY_LEASE = "fx:lease"  # string: the one worker allowed to apply events to this Redis, with a TTL
 KEY_SEQ = "fx:seq"  # hash: the sequencer's last applied key, for operators
+ENV_SHARE_BASE_URL = "FENXIAO_SHARE_BASE_URL"
+
+# Read models for the distributor API (issue 3), written by streams/projections.py; see docs/api.md.
+KEY_FEED = "fx:lg:"  # + user_id -> stream: that distributor's ledger entries, compact fields, MAXLEN ~ capped
+KEY_FEED_ALL = "fx:lg"  # stream: every ledger entry (field u = beneficiary), for the operator ticker, MAXLEN ~ capped
+KEY_TEAM = "fx:tm:"  # + level + ":" + user_id -> zset, score 0, member "{bind ts ms:013d}|{user_id}" (lex = time order)
+KEY_BOARD = "fx:lb:"  # + metric:period:bucket[:campaign] -> zset distributor -> cents or count
+KEY_LIVE = "fx:lv:"  # + epoch second[:campaign] -> hash o orders, g gmv cents, c commission cents; short TTL

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from streams.config import Program
 from streams.ledger import Binding, Entry
+from streams.projections import default_projections
 from streams.referral_store import RedisStore
 from streams.sequencer import DeadLetter, Sequencer
 from streams.settings import Settings
@@ -68,6 +69,7 @@ def init(settings: Settings, program: Program, sink: ClickHouseSink, owner: str)
             FaustOutputs(),
             batch_size=settings.batch_size,
             crash_at=settings.crash_at,
+            projections=default_projections(),
         ),
         sink,
     )

@@ -36,6 +36,9 @@ class Settings(BaseSettings):
         description="fault injection for tests: POINT:BATCH kills the worker with SIGKILL there",
     )
     web_port: int = Field(default=6066, validation_alias=AliasChoices(names.ENV_WEB_PORT))
+    share_base_url: str = Field(
+        default="https://shop.example/s", validation_alias=AliasChoices(names.ENV_SHARE_BASE_URL)
+    )
 
     @property
     def chdb_path(self) -> Path:
