@@ -50,6 +50,8 @@ LEDGER = "ledger_entries"
 BINDINGS = "bindings"
 CLICKS = "clicks"
 ORDERS = "orders"
+DEAD_LETTERS = "dead_letters"
+TIER_EVENTS = "tier_events"
 
 KINDS: tuple[str, ...] = ("accrued", "reversed", "settled", "clawed_back")
 _KIND_SET = frozenset(KINDS)
@@ -121,6 +123,38 @@ def _order_values(r: Row) -> Values:
         r.get("ref") or "",
         r.get("visitor_id") or "",
     )
+
+
+def _ts_or_none(value: object) -> datetime | None:
+    """A dead letter's ts as a datetime, or None: it may be whatever unreadable text the bad input carried."""
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _dead_letter_values(r: Row) -> Values:
+    """A fenxiao.dead-letters record as dead_letters values; the key is the input record's position."""
+    return (
+        str(r["offset"]),
+        r["topic"],
+        int(r["partition"]),
+        r.get("event_id") or "",
+        r["reason"],
+        r.get("detail") or "",
+        r.get("raw") or "",
+        _ts_or_none(r.get("ts")),
+    )
+
+
+def _tier_values(r: Row) -> Values:
+    """A fenxiao.tiers input event as tier_events values."""
+    return (r["event_id"], r["ts"], r["user_id"], r["tier"])
 
 
 def _epoch_ms(ts: object) -> int:
@@ -237,6 +271,27 @@ TABLES: dict[str, _Table] = {
         ORDERS,
         ("event_id", "ts", "order_id", "type", "buyer_id", "amount_cents", "campaign_id", "ref", "visitor_id"),
         _order_values,
+        _first,
+        "event_id",
+        "DISTINCT event_id",
+        _first,
+    ),
+    # Keyed by the input record's (offset, topic, partition): the engine never dead-letters one record twice,
+    # and a replayed dead letter repeats the position. The lookup on the offset text is a scan, but the table is small.
+    DEAD_LETTERS: _Table(
+        DEAD_LETTERS,
+        ("offset", "topic", "partition", "event_id", "reason", "detail", "raw", "ts"),
+        _dead_letter_values,
+        itemgetter(0, 1, 2),
+        "toString(offset)",
+        "DISTINCT toString(offset), topic, partition",
+        lambda row: (str(row[0]), str(row[1]), int(row[2])),
+        composite=True,
+    ),
+    TIER_EVENTS: _Table(
+        TIER_EVENTS,
+        ("event_id", "ts", "user_id", "tier"),
+        _tier_values,
         _first,
         "event_id",
         "DISTINCT event_id",

@@ -1,4 +1,4 @@
-"""The ClickHouse sink agent: ledger, bindings, clicks and orders into ClickHouse in batches."""
+"""The ClickHouse sink agent: ledger, bindings, dead letters, clicks, orders and tiers into ClickHouse in batches."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 from schemas.events import Invalid, decode
 from streams import names, runtime
 from streams.app import app
-from streams.sink import BINDINGS, CLICKS, LEDGER, ORDERS, ClickHouseSink
+from streams.sink import BINDINGS, CLICKS, DEAD_LETTERS, LEDGER, ORDERS, TIER_EVENTS, ClickHouseSink
 from streams.topics import sink_sources_topic
 
 log = logging.getLogger(__name__)
@@ -28,10 +28,13 @@ def buffer_record(sink: ClickHouseSink, topic: str, raw: bytes | None) -> None:
         sink.add(LEDGER, json.loads(raw))
     elif topic == names.BINDINGS:
         sink.add(BINDINGS, json.loads(raw))
+    elif topic == names.DEAD_LETTERS:
+        sink.add(DEAD_LETTERS, json.loads(raw))
     else:
         ev = decode(topic, raw)
         if not isinstance(ev, Invalid):
-            sink.add(CLICKS if topic == names.CLICKS else ORDERS, ev.model_dump())
+            table = {names.CLICKS: CLICKS, names.TIERS: TIER_EVENTS}.get(topic, ORDERS)
+            sink.add(table, ev.model_dump())
 
 
 async def flush_until_written(sink: ClickHouseSink, written: dict[str, int]) -> None:

@@ -24,6 +24,8 @@ sink_sources_topic = app.topic(
     names.BINDINGS,
     names.CLICKS,
     names.ORDERS,
+    names.DEAD_LETTERS,
+    names.TIERS,
     key_type=bytes,
     value_type=bytes,
     value_serializer="raw",
