@@ -137,8 +137,106 @@ def _demo(args: argparse.Namespace) -> int:
         raise CliError(str(e)) from e
 
 
+def _bi_report(args: argparse.Namespace) -> int:
+    """Run a BI report on ClickHouse here, or through the running worker when it owns the embedded data dir."""
+    from pathlib import Path
+
+    from streams import clickhouse, names, reports
+    from streams.settings import get_settings
+
+    settings = get_settings()
+    params = {k: str(v) for k in reports.PARAMS if (v := getattr(args, k, None)) is not None}
+    try:
+        try:
+            ch = clickhouse.connect(settings)
+        except clickhouse.ChdbLockedError as locked:
+            try:
+                report = reports.from_worker(
+                    args.name, params, settings.web_port, settings.token_key.get_secret_value()
+                )
+            except reports.WorkerUnavailable as e:
+                raise CliError(
+                    f"{locked} Reading through the worker failed too: {e}. Start the worker (it serves"
+                    f" /reports on {names.ENV_WEB_PORT}={settings.web_port}), or stop the process holding the data dir."
+                ) from None
+        except clickhouse.ClickHouseError as e:
+            raise CliError(str(e)) from e
+        else:
+            try:
+                clickhouse.migrate(ch)
+                report = reports.run(ch, args.name, params)
+            except clickhouse.ClickHouseError as e:
+                raise CliError(f"report {args.name} failed: {e}") from e
+            finally:
+                ch.close()
+        if args.chart:
+            err.print(f"chart written to {reports.render_chart(report, Path(args.chart))}")
+    except reports.ReportError as e:
+        raise CliError(str(e)) from e
+    if args.format == "json":
+        import json
+
+        print(json.dumps(report.to_json(), indent=1, ensure_ascii=False))
+    elif args.format == "csv":
+        sys.stdout.write(reports.render_csv(report))
+    else:
+        reports.render_table(report, Console())
+    return 0
+
+
+def _tiers(args: argparse.Namespace) -> int:
+    """`tiers evaluate`: compute each distributor's tier for a period from ClickHouse and publish the changes."""
+    from streams import tier_rules
+
+    try:
+        result = tier_rules.evaluate_command(args.period, args.config, publish=not args.dry_run)
+    except tier_rules.TierEvaluationError as e:
+        raise CliError(str(e)) from e
+    for event in result.events:
+        v = event["value"]
+        print(f"{v['user_id']}\t{result.current.get(v['user_id']) or 'standard'} -> {v['tier']}\t{v['event_id']}")
+    verb = "would publish" if args.dry_run else "published"
+    err.print(
+        f"{len(result.events)} tier change(s) {verb} for {result.period} ({result.evaluated} distributors evaluated)"
+    )
+    return 0
+
+
+def _add_report_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`report` (totals and the BI reports) and `tiers evaluate`."""
+    from streams.reports import REPORTS
+
+    rp = sub.add_parser("report", help="reports from ClickHouse")
+    rp.add_argument(
+        "name",
+        choices=["totals", *REPORTS],
+        help="totals: the ledger as ClickHouse holds it; leaderboard, funnel, levels, campaign, refunds, team,"
+        " performance: BI reports",
+    )
+    rp.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    rp.add_argument("--chart", metavar="OUT.png", help="also draw the report's chart to this PNG")
+    rp.add_argument("--period", choices=["month", "quarter"], help="leaderboard/performance: month or quarter")
+    rp.add_argument("--metric", choices=["earnings", "gmv", "recruits"], help="leaderboard: what to rank by")
+    rp.add_argument("--at", help="leaderboard/performance: 2026-11 (month) or 2026-Q4 (quarter)")
+    rp.add_argument("--campaign", help="funnel: only this campaign's clicks and first orders")
+    rp.add_argument("--id", help="campaign: the campaign_id")
+    rp.add_argument("--distributor", help="team: the distributor's user_id")
+    rp.add_argument("--limit", help="rows to show (leaderboard 20, funnel/refunds 50)")
+    rp.set_defaults(func=_report)
+
+    t = sub.add_parser("tiers", help="tier upgrades from performance (阶梯式分佣)")
+    t.add_argument("action", choices=["evaluate"])
+    t.add_argument("--period", required=True, help="the period evaluated: 2026-11 (month) or 2026-Q4 (quarter)")
+    t.add_argument("--config", help="fenxiao.toml with [tier_rules] (default: $FENXIAO_CONFIG or ./fenxiao.toml)")
+    t.add_argument("--dry-run", action="store_true", help="print the changes without publishing them")
+    t.set_defaults(func=_tiers)
+
+
 def _report(args: argparse.Namespace) -> int:
     import json
+
+    if args.name != "totals":
+        return _bi_report(args)
 
     from streams import clickhouse, reports
     from streams.settings import get_settings
@@ -153,6 +251,10 @@ def _report(args: argparse.Namespace) -> int:
         ch.close()
     if args.format == "json":
         print(json.dumps(data, indent=1, sort_keys=True))
+    elif args.format == "csv":
+        print("kind,raw_ledger_cents,daily_aggregate_cents")
+        for kind, total in data["totals"].items():
+            print(f"{kind},{total},{data['aggregate_totals'][kind]}")
     else:
         from rich.console import Console
         from rich.table import Table
@@ -165,6 +267,31 @@ def _report(args: argparse.Namespace) -> int:
             t.add_row(kind, f"{total:,}", f"{data['aggregate_totals'][kind]:,}")
         Console().print(t)
     return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    """Print a signed API token for a distributor or an operator, keyed by FENXIAO_TOKEN_KEY."""
+    from streams import auth, names
+    from streams.settings import get_settings
+
+    if args.ttl <= 0:
+        raise CliError(f"--ttl must be a positive number of seconds, got {args.ttl}")
+    key = get_settings().token_key.get_secret_value()
+    if key == "dev-only-change-me":
+        err.print(f"[yellow]warning:[/] {names.ENV_TOKEN_KEY} is not set; this token is signed with the dev key")
+    role, subject = (auth.OPERATOR, None) if args.operator else (auth.DISTRIBUTOR, args.distributor)
+    print(auth.issue(key, role, subject, args.ttl))
+    return 0
+
+
+def _add_token_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`token`: a bearer token for the worker's API and dashboard."""
+    t = sub.add_parser("token", help="print a bearer token for the API and the dashboard")
+    who = t.add_mutually_exclusive_group(required=True)
+    who.add_argument("--distributor", metavar="ID", help="a token that reads only this distributor's data")
+    who.add_argument("--operator", action="store_true", help="a token that reads everything")
+    t.add_argument("--ttl", type=int, default=86400, help="seconds until it expires (default 86400)")
+    t.set_defaults(func=_token)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -182,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.set_defaults(func=_worker)
 
     _add_replay_commands(sub)
+    _add_token_command(sub)
 
     d = sub.add_parser("demo", help="local stack + worker + a generated flash sale, live, then a report")
     d.add_argument("--users", type=_count, default=3000, help="users in the referral forest (default 3000)")
@@ -191,10 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--speed", type=_positive, default=4.0, help="replay speed against the events' ts (default 4x)")
     d.set_defaults(func=_demo)
 
-    rp = sub.add_parser("report", help="reports from ClickHouse")
-    rp.add_argument("name", choices=["totals"], help="totals: the ledger as ClickHouse holds it")
-    rp.add_argument("--format", choices=["table", "json"], default="table")
-    rp.set_defaults(func=_report)
+    _add_report_commands(sub)
     return p
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, model_validator
 
@@ -53,6 +53,28 @@ class PipelineSection(_Strict):
     ordering_grace_seconds: Annotated[float, Field(ge=0, le=3600)] = 10.0
 
 
+class TierRule(_Strict):
+    """One [[tier_rules.rule]]: the tier earned by meeting every threshold given, over the evaluated period."""
+
+    tier: str = Field(min_length=1, max_length=128)
+    min_gmv_cents: Annotated[int, Field(ge=0, strict=True)] | None = None
+    min_recruits: Annotated[int, Field(ge=0, strict=True)] | None = None
+
+    @model_validator(mode="after")
+    def _has_threshold(self) -> TierRule:
+        if self.min_gmv_cents is None and self.min_recruits is None:
+            raise ValueError("a rule needs min_gmv_cents and/or min_recruits")
+        return self
+
+
+class TierRulesSection(_Strict):
+    """The optional [tier_rules] table: tiers earned from the previous period (used by `fenxiao tiers evaluate`)."""
+
+    period: Literal["month", "quarter"] = "month"
+    demote: StrictBool = True
+    rule: list[TierRule] = Field(min_length=1)
+
+
 class FenxiaoConfig(_Strict):
     """The whole fenxiao.toml."""
 
@@ -60,6 +82,7 @@ class FenxiaoConfig(_Strict):
     tiers: dict[str, TierRates]
     campaigns: dict[str, CampaignSection] = Field(default_factory=dict)
     pipeline: PipelineSection = Field(default_factory=PipelineSection)
+    tier_rules: TierRulesSection | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> FenxiaoConfig:
@@ -77,6 +100,10 @@ class FenxiaoConfig(_Strict):
             for name, tier in self.tiers.items():
                 if name not in camp.tiers:
                     _enough_rates(f"tiers.{name}.rates_bps (used by campaigns.{cid})", tier, levels)
+        for i, rule in enumerate(self.tier_rules.rule if self.tier_rules else []):
+            if rule.tier not in self.tiers:
+                known = ", ".join(sorted(self.tiers))
+                raise ValueError(f"tier_rules.rule.{i}.tier: unknown tier {rule.tier!r} (defined: {known})")
         return self
 
 

@@ -64,7 +64,7 @@ def run(config_path: str | None, loglevel: str = "info") -> int:
     runtime.init(settings, program, ClickHouseSink(ch), owner)
     import faust
 
-    from streams import agents, sink_agent, timers, views  # noqa: F401  (registers agents, timers and pages)
+    from streams import agents, report_views, sink_agent, timers, views  # noqa: F401  (registers agents, timers, pages)
     from streams.app import app
 
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)

@@ -1,0 +1,91 @@
+"""Test support for the report suites: a spec example's pipeline output (via the reference engine) as sink rows,
+and the independent expectations the reports are checked against, computed from events.jsonl and expected.json."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from schemas.events import Invalid, decode
+from streams import config, names, reference
+from streams import sink as S
+
+NOW_MS = 1_796_169_600_000  # 2026-12-02T00:00Z: the clock test_examples checks expected.json at
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+
+
+def records(example: str) -> list[dict[str, Any]]:
+    """The example's input records."""
+    with open(FIXTURES / example / "events.jsonl", encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def expected(example: str) -> dict[str, Any]:
+    """The example's expected.json."""
+    return json.loads((FIXTURES / example / "expected.json").read_text(encoding="utf-8"))
+
+
+def _raw(value: Any) -> bytes:
+    return value.encode() if isinstance(value, str) else json.dumps(value, separators=(",", ":")).encode()
+
+
+def sink_rows(example: str) -> dict[str, list[dict[str, Any]]]:
+    """Rows per ClickHouse table as the worker's sink would write them for this example (reference engine output)."""
+    recs = records(example)
+    program = config.load(FIXTURES / example / "fenxiao.toml")
+    run = reference.run(recs, program, NOW_MS)
+    rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    rows[S.LEDGER] = [dict(e) for e in run.entries]
+    rows[S.BINDINGS] = [dict(b) for b in run.bindings]
+    for i, rec in enumerate(recs):
+        ev = decode(rec["topic"], _raw(rec["value"]))
+        if isinstance(ev, Invalid):
+            continue
+        table = {names.CLICKS: S.CLICKS, names.ORDERS: S.ORDERS, names.TIERS: S.TIER_EVENTS}.get(rec["topic"])
+        if table is not None:
+            rows[table].append(ev.model_dump())
+        del i
+    for d in run.dead_letters:
+        rec = recs[int(str(d["offset"]))]
+        value = rec["value"]
+        rows[S.DEAD_LETTERS].append(
+            {
+                **d,
+                "partition": 0,
+                "raw": _raw(value).decode(),
+                "ts": value.get("ts") if isinstance(value, dict) else None,
+                "detail": "",
+            }
+        )
+    return dict(rows)
+
+
+def accepted_paid(example: str) -> list[dict[str, Any]]:
+    """Paid events the engine accepted, found independently: the first paid event of each order that has an
+    accrued entry in expected.json (a later paid of the same order is order_already_paid)."""
+    exp = expected(example)
+    earned = {key.split("|")[0] for key in exp["entries"] if key.endswith("|accrued")}
+    first: dict[str, dict[str, Any]] = {}
+    for rec in records(example):
+        v = rec["value"]
+        if rec["topic"] != names.ORDERS or not isinstance(v, dict) or v.get("type") != "paid":
+            continue
+        if isinstance(decode(names.ORDERS, _raw(v)), Invalid) or v["order_id"] not in earned:
+            continue
+        key = (v["ts"], v["event_id"])
+        best = first.get(v["order_id"])
+        if best is None or key < (best["ts"], best["event_id"]):
+            first[v["order_id"]] = v
+    return list(first.values())
+
+
+def level_beneficiaries(example: str) -> dict[tuple[str, int], str]:
+    """(order_id, level) -> the distributor who accrued on it, from expected.json's entries."""
+    out = {}
+    for key in expected(example)["entries"]:
+        order, level, user, kind = key.split("|")
+        if kind == "accrued":
+            out[(order, int(level))] = user
+    return out
