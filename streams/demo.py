@@ -54,8 +54,19 @@ class DemoError(Exception):
     """The demo cannot go on; the message says what to do."""
 
 
+def _operator_token(ttl_s: int = 86400) -> str:
+    """/status and the dashboard need a token; the demo and its worker share FENXIAO_TOKEN_KEY."""
+    from streams import auth
+    from streams.settings import get_settings
+
+    return auth.issue(get_settings().token_key.get_secret_value(), auth.OPERATOR, None, ttl_s)
+
+
 def _get(port: int, path: str) -> Any:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", headers={"Authorization": f"Bearer {_operator_token(60)}"}
+    )
+    with urllib.request.urlopen(req, timeout=2) as r:
         return json.loads(r.read())
 
 
@@ -186,6 +197,7 @@ def run(users: int, orders: int, duration: float, seed: int, speed: float = 4.0)
         )
     try:
         _wait_ready(port, proc, log_path)
+        console.print(f"Live dashboard: http://127.0.0.1:{port}/dashboard?token={_operator_token()}")
         records = list(flashsale.generate(users, orders, seed, datetime.now(UTC), duration))
         console.print(
             f"[bold]4/5[/] replaying a generated sale at {speed:g}x real time: {users:,} users, {orders:,} orders, "

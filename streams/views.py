@@ -1,10 +1,10 @@
-"""HTTP views served by the worker: health and the sequencer's status."""
+"""HTTP views served by the worker: health and the sequencer's status; the distributor API is streams.api."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from streams import runtime
+from streams import api, runtime
 from streams.app import app
 
 
@@ -16,6 +16,10 @@ async def health(web: Any, request: Any) -> Any:
 
 @app.page("/status")
 async def status(web: Any, request: Any) -> Any:
-    """What the sequencer holds and has applied."""
+    """What the sequencer holds and has applied (operators only: lag and counts are business data)."""
+    try:
+        api.require(request, None)
+    except api.ApiError as e:
+        return api.error_response(web, e)
     rt = runtime.get()
     return web.json({**rt.sequencer.status(), "sink_rows_written": rt.sink_written})

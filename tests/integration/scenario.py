@@ -185,22 +185,35 @@ async def reset_topics(bootstrap: str, partitions: int) -> None:
             await asyncio.sleep(0.3)
 
 
-def http_json(port: int, path: str, timeout: float = 2.0) -> Any:
-    """GET a worker page and decode its JSON."""
+TEST_TOKEN_KEY = "fenxiao-integration-test-key"
+
+
+def operator_token(ttl_s: int = 3600) -> str:
+    """An operator token for workers started with TEST_TOKEN_KEY (every Env sets it)."""
+    from streams import auth
+
+    return auth.issue(TEST_TOKEN_KEY, auth.OPERATOR, None, ttl_s)
+
+
+def http_json(port: int, path: str, timeout: float = 2.0, token: str | None = None) -> Any:
+    """GET a worker page and decode its JSON; token None = the test operator token, "" = no Authorization."""
     import urllib.request
 
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
+    tok = operator_token() if token is None else token
+    headers = {"Authorization": f"Bearer {tok}"} if tok else {}
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers)
+    with urllib.request.urlopen(req, timeout=timeout) as r:
         return json.loads(r.read())
 
 
-def wait_http(port: int, path: str, timeout: float, proc: WorkerProcess) -> None:
+def wait_http(port: int, path: str, timeout: float, proc: WorkerProcess, token: str | None = None) -> None:
     """Wait until the worker serves `path`; fail with its log if it died or never answered."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.proc is not None and proc.proc.poll() is not None:
             raise AssertionError(f"worker exited with {proc.proc.returncode}:\n{proc.log_tail()}")
         try:
-            http_json(port, path)
+            http_json(port, path, token=token)
             return
         except OSError:
             time.sleep(0.3)
@@ -245,6 +258,15 @@ class Env:
     env: dict[str, str]
     tmp: Path
     web_port: int
+
+    def __post_init__(self) -> None:
+        """Every worker of the test, however started, signs and checks tokens with the test key."""
+        self.env.setdefault(names.ENV_TOKEN_KEY, TEST_TOKEN_KEY)
+
+    @property
+    def operator_token(self) -> str:
+        """A bearer token that reads everything on this test's workers."""
+        return operator_token()
 
     def config(self, example: str) -> Path:
         """The example's fenxiao.toml with a short idle grace, so a finished scenario settles quickly."""

@@ -1,0 +1,165 @@
+"use strict";
+// The token arrives once as ?token=; it is moved to sessionStorage and removed from the address bar,
+// then sent as a Bearer header (EventSource cannot send headers, so the feeds take it as ?token=).
+(function () {
+  const params = new URLSearchParams(location.search);
+  if (params.get("token")) {
+    sessionStorage.setItem("fx-token", params.get("token"));
+    params.delete("token");
+    const rest = params.toString();
+    history.replaceState(null, "", location.pathname + (rest ? "?" + rest : ""));
+  }
+  const token = sessionStorage.getItem("fx-token") || "";
+  const $ = (id) => document.getElementById(id);
+  const state = { live: null, entries: 0 };
+  window.__fx = state;
+
+  function yuan(cents) {
+    const neg = cents < 0, abs = Math.abs(cents);
+    const whole = Math.floor(abs / 100).toLocaleString("en-US");
+    return (neg ? "-¥" : "¥") + whole + "." + String(abs % 100).padStart(2, "0");
+  }
+
+  async function api(path) {
+    const r = await fetch(path, { headers: { Authorization: "Bearer " + token } });
+    const body = await r.json();
+    if (!r.ok) throw new Error(body.error || ("HTTP " + r.status));
+    return body;
+  }
+
+  function setStatus(text, live) {
+    $("status").textContent = text;
+    $("status").className = "pill" + (live ? " live" : "");
+  }
+
+  function tick(listId, entry, showWho) {
+    const li = document.createElement("li");
+    const cls = entry.amount_cents < 0 ? "neg" : "pos";
+    const cells = [
+      [entry.ts.replace("T", " ").slice(0, 19), ""],
+      [(showWho ? entry.beneficiary_id + " · " : "") + "L" + entry.level + " " + entry.order_id, ""],
+      [entry.kind, "kind"],
+      [yuan(entry.amount_cents), cls],
+    ];
+    for (const [text, c] of cells) {
+      const span = document.createElement("span");
+      span.textContent = text;
+      if (c) span.className = c;
+      li.appendChild(span);
+    }
+    const list = $(listId);
+    list.insertBefore(li, list.firstChild);
+    while (list.children.length > 40) list.removeChild(list.lastChild);
+    state.entries += 1;
+  }
+
+  function follow(path, listId, showWho) {
+    const sep = path.includes("?") ? "&" : "?";
+    const es = new EventSource(path + sep + "backlog=30&token=" + encodeURIComponent(token));
+    es.addEventListener("open", () => setStatus("live", true));
+    es.addEventListener("entry", (ev) => tick(listId, JSON.parse(ev.data), showWho));
+    es.addEventListener("expired", () => { es.close(); setStatus("token expired", false); });
+    es.addEventListener("error", () => setStatus("reconnecting…", false));
+  }
+
+  function drawChart(series) {
+    const c = $("chart");
+    const dpr = window.devicePixelRatio || 1;
+    const w = c.clientWidth, h = c.clientHeight;
+    c.width = w * dpr; c.height = h * dpr;
+    const g = c.getContext("2d");
+    g.scale(dpr, dpr);
+    g.clearRect(0, 0, w, h);
+    const pad = { l: 44, r: 70, t: 10, b: 22 };
+    const pw = w - pad.l - pad.r, ph = h - pad.t - pad.b;
+    const maxO = Math.max(1, ...series.map((s) => s.orders));
+    const maxG = Math.max(1, ...series.map((s) => s.gmv_cents));
+    g.strokeStyle = "#263040"; g.fillStyle = "#8b98a5"; g.font = "11px system-ui";
+    for (let i = 0; i <= 4; i++) {
+      const y = pad.t + ph - (ph * i) / 4;
+      g.beginPath(); g.moveTo(pad.l, y); g.lineTo(pad.l + pw, y); g.stroke();
+      g.fillText(String(Math.round((maxO * i) / 4)), 4, y + 4);
+      g.fillText(yuan(Math.round((maxG * i) / 4)), pad.l + pw + 4, y + 4);
+    }
+    const bw = pw / series.length;
+    g.fillStyle = "#ff6a3d";
+    let points = 0;
+    series.forEach((s, i) => {
+      if (s.orders > 0) points += 1;
+      const bh = (ph * s.orders) / maxO;
+      g.fillRect(pad.l + i * bw, pad.t + ph - bh, Math.max(1, bw - 0.5), bh);
+    });
+    g.strokeStyle = "#58a6ff"; g.lineWidth = 1.5; g.beginPath();
+    series.forEach((s, i) => {
+      const x = pad.l + i * bw + bw / 2, y = pad.t + ph - (ph * s.gmv_cents) / maxG;
+      if (i === 0) g.moveTo(x, y); else g.lineTo(x, y);
+    });
+    g.stroke();
+    g.fillStyle = "#8b98a5";
+    g.fillText("-" + series.length + " s", pad.l, h - 6);
+    g.fillText("now", pad.l + pw - 20, h - 6);
+    c.dataset.points = String(points);
+  }
+
+  async function refreshLive() {
+    try {
+      const live = await api("/api/live?window=300");
+      state.live = live;
+      $("k-ops").textContent = live.orders_per_s.toFixed(1);
+      $("k-orders").textContent = live.orders.toLocaleString("en-US");
+      $("k-gmv").textContent = yuan(live.gmv_cents);
+      $("k-comm").textContent = yuan(live.commission_cents);
+      drawChart(live.series);
+    } catch (e) { setStatus(String(e.message), false); }
+  }
+
+  async function refreshBoard() {
+    const metric = $("lb-metric").value, period = $("lb-period").value;
+    try {
+      const b = await api("/api/leaderboard?limit=10&metric=" + metric + "&period=" + period);
+      const body = $("board").tBodies[0];
+      body.replaceChildren();
+      for (const row of b.entries) {
+        const tr = body.insertRow();
+        tr.insertCell().textContent = String(row.rank);
+        tr.insertCell().textContent = row.distributor_id;
+        const v = tr.insertCell();
+        v.className = "num";
+        v.textContent = metric === "recruits" ? String(row.value) : yuan(row.value);
+      }
+    } catch (e) { setStatus(String(e.message), false); }
+  }
+
+  async function refreshMe(id) {
+    try {
+      const d = await api("/api/distributors/" + encodeURIComponent(id));
+      $("d-pending").textContent = yuan(d.pending_cents);
+      $("d-available").textContent = yuan(d.available_cents);
+      $("d-lifetime").textContent = yuan(d.lifetime_earned_cents);
+      $("d-tier").textContent = d.tier;
+      $("d-team").textContent = d.team.level1 + " / " + d.team.level2 + " / " + d.team.level3;
+    } catch (e) { setStatus(String(e.message), false); }
+  }
+
+  async function start() {
+    let me;
+    try { me = await api("/api/me"); } catch (e) { setStatus(String(e.message), false); return; }
+    if (me.role === "operator") {
+      $("who").textContent = "operator";
+      $("operator").hidden = false;
+      follow("/api/feed", "ticker", true);
+      refreshLive(); refreshBoard();
+      setInterval(refreshLive, 2000);
+      setInterval(refreshBoard, 5000);
+      $("lb-metric").addEventListener("change", refreshBoard);
+      $("lb-period").addEventListener("change", refreshBoard);
+    } else {
+      $("who").textContent = "distributor " + me.distributor_id;
+      $("distributor").hidden = false;
+      follow("/api/distributors/" + encodeURIComponent(me.distributor_id) + "/feed", "my-ticker", false);
+      refreshMe(me.distributor_id);
+      setInterval(() => refreshMe(me.distributor_id), 2000);
+    }
+  }
+  start();
+})();
