@@ -14,7 +14,11 @@ def summarize(
     bindings: Iterable[Mapping[str, Any]],
     dead_letters: Iterable[Mapping[str, Any]],
 ) -> dict[str, Any]:
-    """Balances, bindings, dead-letter counts, entry sums and totals; a replayed entry_id counts once."""
+    """Balances, bindings, dead-letter counts, entry sums and totals.
+
+    A replayed entry counts once (same entry_id); so does a replayed dead letter (same source topic,
+    partition and offset).
+    """
     seen: set[str] = set()
     sums: dict[str, int] = defaultdict(int)
     totals = dict.fromkeys(KINDS, 0)
@@ -37,7 +41,8 @@ def summarize(
     latest: dict[str, str | None] = {}
     for b in bindings:
         latest[b["user_id"]] = b["inviter_id"]
-    dead = Counter(d["reason"] for d in dead_letters)
+    by_source = {(d["topic"], d.get("partition"), d["offset"]): d["reason"] for d in dead_letters}
+    dead = Counter(by_source.values())
     return {
         "balances": dict(sorted(balances.items())),
         "bindings": dict(sorted(latest.items())),

@@ -27,6 +27,7 @@ _LOAD_LUA = """
 local req = cjson.decode(ARGV[1])
 local pu, pc, po, dl_key, settle_key = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local max_chain = tonumber(ARGV[7])
+local epoch = redis.call('GET', ARGV[8])
 local users, clicks, orders, dead = {}, {}, {}, {}
 local function hmap(key)
   local flat = redis.call('HGETALL', key)
@@ -60,7 +61,7 @@ if #req.events > 0 then
   local flags = redis.call('SMISMEMBER', dl_key, unpack(req.events))
   for i, eid in ipairs(req.events) do if flags[i] == 1 then dead[#dead + 1] = eid end end
 end
-return cjson.encode({users = users, clicks = clicks, orders = orders, dead = dead, due = due})
+return cjson.encode({users = users, clicks = clicks, orders = orders, dead = dead, due = due, epoch = epoch})
 """
 
 
@@ -152,6 +153,10 @@ class BatchRequest:
         return req
 
 
+class StateLost(RuntimeError):
+    """Redis no longer holds the state this worker was applying to (flushed, or restarted empty)."""
+
+
 class LeaseLost(RuntimeError):
     """Another worker holds this Redis: applying events here would move money twice."""
 
@@ -180,8 +185,9 @@ def acquire_lease(url: str, owner: str, wait_s: float) -> None:
 class RedisStore:
     """Loads a batch's slice of state and writes back what the ledger changed, atomically."""
 
-    def __init__(self, url: str, attribution_window_ms: int, owner: str = "") -> None:
+    def __init__(self, url: str, attribution_window_ms: int, owner: str = "", epoch: str = "") -> None:
         self.owner = owner
+        self.epoch = epoch
         self.redis = aioredis.Redis.from_url(url, decode_responses=True)
         self._load = self.redis.register_script(_LOAD_LUA)
         self.click_ttl_ms = attribution_window_ms + CLICK_TTL_MARGIN_MS
@@ -213,9 +219,12 @@ class RedisStore:
                 names.KEY_DEAD,
                 names.KEY_SETTLE,
                 MAX_CHAIN,
+                names.KEY_EPOCH,
             ],
         )
         data: dict[str, Any] = json.loads(raw)
+        if data.get("epoch") != self.epoch:
+            raise StateLost(_state_lost_message(data.get("epoch")))
         state = State(complete=False)
         for uid, m in _as_map(data["users"]).items():
             state.users[uid] = _user(m) if m and "t" in m else None
@@ -245,10 +254,14 @@ class RedisStore:
             await p.execute()
 
     async def _check_lease(self, p: Any) -> None:
-        await p.watch(names.KEY_LEASE)
+        """WATCH the lease and the state epoch, so the transaction aborts if either changes before EXEC."""
+        await p.watch(names.KEY_LEASE, names.KEY_EPOCH)
         holder = await p.get(names.KEY_LEASE)
         if holder not in (None, self.owner):
             raise LeaseLost(f"worker {holder} took over this Redis; this worker ({self.owner}) must stop")
+        epoch = await p.get(names.KEY_EPOCH)
+        if epoch != self.epoch:
+            raise StateLost(_state_lost_message(epoch))
 
     async def commit(self, state: State, position: SeqKey | None, stage: Callable[[Any], None] | None = None) -> None:
         """Write every change of the batch in one MULTI/EXEC, only while this worker holds the lease.
@@ -307,6 +320,14 @@ class RedisStore:
                 "pending_cents": int(m.get("p", 0)),
             }
         return out
+
+
+def _state_lost_message(found: object) -> str:
+    return (
+        f"Redis no longer holds this worker's state (epoch {found!r}): it was flushed or restarted empty. "
+        "The worker stops before deciding anything on empty state; start it again and it rebuilds Redis "
+        "by replaying the input topics from the beginning."
+    )
 
 
 def _user(m: dict[str, str]) -> User:

@@ -55,10 +55,10 @@ class Runtime:
 _runtime: Runtime | None = None
 
 
-def init(settings: Settings, program: Program, sink: ClickHouseSink, owner: str) -> Runtime:
+def init(settings: Settings, program: Program, sink: ClickHouseSink, owner: str, epoch: str) -> Runtime:
     """Create the shared objects; called once by `fenxiao worker` before the app starts."""
     global _runtime
-    store = RedisStore(settings.redis_url.get_secret_value(), program.attribution_window_ms, owner)
+    store = RedisStore(settings.redis_url.get_secret_value(), program.attribution_window_ms, owner, epoch)
     _runtime = Runtime(
         settings,
         program,

@@ -544,10 +544,15 @@ def _tcp_open(host: str, port: int, timeout: float) -> bool:
 
 
 def topic_specs(partitions: int) -> list[NewTopic]:
-    """Every input and output topic of streams/names.py; bindings is compacted (the durable referral tree)."""
+    """Every input and output topic of streams/names.py; bindings is compacted (the durable referral tree).
+
+    Input topics keep everything (retention.ms=-1): they are the system of record that Redis is rebuilt from.
+    """
     specs = []
     for name in (*names.INPUT_TOPICS, *names.OUTPUT_TOPICS):
         configs = {"cleanup.policy": "compact"} if name == names.BINDINGS else {}
+        if name in names.INPUT_TOPICS:
+            configs = {"retention.ms": "-1", "retention.bytes": "-1"}
         specs.append(NewTopic(name, partitions, 1, topic_configs=configs))
     return specs
 
@@ -685,14 +690,14 @@ def wait_ready(cfg: StackConfig, timeout: float = 120.0) -> None:
         time.sleep(0.3)
 
 
-def stop(cfg: StackConfig, timeout: float = 30.0) -> dict[str, str]:
-    """SIGTERM both services, wait, then SIGKILL what is left; returns what happened per service."""
+def stop(cfg: StackConfig, timeout: float = 30.0, services: tuple[str, ...] = (KAFKA, REDIS)) -> dict[str, str]:
+    """SIGTERM the services (both by default), wait, then SIGKILL what is left; returns what happened per service."""
     procs: dict[str, tuple[int, str]] = {}
-    for service in (KAFKA, REDIS):
+    for service in services:
         record = _read_pid(cfg.pid_file(service))
         if record is not None and _alive(*record):
             procs[service] = record
-    outcome = {s: "not running" for s in (KAFKA, REDIS) if s not in procs}
+    outcome = {s: "not running" for s in services if s not in procs}
     for pid, _ in procs.values():
         _signal(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
@@ -707,7 +712,7 @@ def stop(cfg: StackConfig, timeout: float = 30.0) -> dict[str, str]:
             outcome[service] = f"killed (pid {pid}) after {timeout:.0f}s"
         else:
             outcome[service] = f"stopped (pid {pid})"
-    for service in (KAFKA, REDIS):
+    for service in services:
         cfg.pid_file(service).unlink(missing_ok=True)
     return outcome
 

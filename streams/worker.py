@@ -55,13 +55,18 @@ def run(config_path: str | None, loglevel: str = "info") -> int:
         acquire_lease(settings.redis_url.get_secret_value(), owner, wait_s=LEASE_TTL_MS / 1000 + 5)
     except LeaseLost as e:
         raise WorkerError(str(e)) from e
+    from streams.recovery import ensure_state
+
+    epoch, rebuilt = ensure_state(settings.redis_url.get_secret_value(), settings.kafka, settings.app_id)
+    if rebuilt:
+        print(f"fenxiao: Redis had no state; replaying the input topics from the beginning (group {settings.app_id})")
 
     try:
         ch = clickhouse.connect(settings)
         clickhouse.migrate(ch)
     except clickhouse.ClickHouseError as e:
         raise WorkerError(str(e)) from e
-    runtime.init(settings, program, ClickHouseSink(ch), owner)
+    runtime.init(settings, program, ClickHouseSink(ch), owner, epoch)
     import faust
 
     from streams import agents, report_views, sink_agent, timers, views  # noqa: F401  (registers agents, timers, pages)

@@ -37,7 +37,7 @@ def _bytes(v: Any) -> bytes:
     if isinstance(v, bytes):
         return v
     if isinstance(v, str):
-        return v.encode("utf-8")
+        return v.encode("utf-8", "surrogateescape")  # lone \udc80-\udcff stand for raw (invalid UTF-8) bytes
     return json.dumps(v, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 

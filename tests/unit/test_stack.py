@@ -137,7 +137,10 @@ def test_topic_specs_cover_names_and_compact_bindings() -> None:
     assert {t.num_partitions for t in specs.values()} == {6}
     assert {t.replication_factor for t in specs.values()} == {1}
     assert specs[names.BINDINGS].topic_configs == {"cleanup.policy": "compact"}
-    assert all(t.topic_configs == {} for n, t in specs.items() if n != names.BINDINGS)
+    # input topics are the system of record Redis is rebuilt from: they keep everything
+    for n in names.INPUT_TOPICS:
+        assert specs[n].topic_configs == {"retention.ms": "-1", "retention.bytes": "-1"}
+    assert all(specs[n].topic_configs == {} for n in (names.COMMISSIONS, names.DEAD_LETTERS))
 
 
 def test_pick_free_ports_are_distinct() -> None:
