@@ -141,7 +141,7 @@ def _ts_or_none(value: object) -> datetime | None:
 def _dead_letter_values(r: Row) -> Values:
     """A fenxiao.dead-letters record as dead_letters values; the key is the input record's position."""
     return (
-        str(r["offset"]),
+        int(r["offset"]),
         r["topic"],
         int(r["partition"]),
         r.get("event_id") or "",
@@ -282,7 +282,7 @@ TABLES: dict[str, _Table] = {
         DEAD_LETTERS,
         ("offset", "topic", "partition", "event_id", "reason", "detail", "raw", "ts"),
         _dead_letter_values,
-        itemgetter(0, 1, 2),
+        lambda values: (str(values[0]), values[1], values[2]),
         "toString(offset)",
         "DISTINCT toString(offset), topic, partition",
         lambda row: (str(row[0]), str(row[1]), int(row[2])),
