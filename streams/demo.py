@@ -77,31 +77,10 @@ def _cents(c: int) -> str:
 async def _reset(bootstrap: str, redis_url: str, partitions: int) -> None:
     """Empty the demo's topics and Redis db, so every demo starts from nothing."""
     import redis.asyncio as aioredis
-    from aiokafka.admin import AIOKafkaAdminClient
 
     from streams import stack
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        doomed = [t for t in (*names.INPUT_TOPICS, *names.OUTPUT_TOPICS) if t in existing]
-        if doomed:
-            await admin.delete_topics(doomed)
-        for _ in range(100):
-            if not set(doomed) & set(await admin.list_topics()):
-                break
-            await asyncio.sleep(0.2)
-    finally:
-        await admin.close()
-    for attempt in range(50):
-        try:
-            await asyncio.to_thread(stack.ensure_topics, bootstrap, partitions)
-            break
-        except Exception:
-            if attempt == 49:
-                raise
-            await asyncio.sleep(0.3)
+    await stack.recreate_topics(bootstrap, partitions)
     r = aioredis.Redis.from_url(redis_url)
     try:
         await r.flushdb()

@@ -627,6 +627,30 @@ async def _wait_for_leaders(admin: AIOKafkaAdminClient, bootstrap: str, deadline
         await consumer.stop()
 
 
+async def recreate_topics(bootstrap: str, partitions: int, timeout: float = 30.0) -> None:
+    """Delete every contract topic and create it again empty (demo resets and test isolation)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="fenxiao-stack")
+    await admin.start()
+    try:
+        doomed = [t for t in (*names.INPUT_TOPICS, *names.OUTPUT_TOPICS) if t in set(await admin.list_topics())]
+        if doomed:
+            await admin.delete_topics(doomed)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and set(doomed) & set(await admin.list_topics()):
+            await asyncio.sleep(0.2)
+    finally:
+        with contextlib.suppress(Exception):
+            await admin.close()
+    for attempt in range(50):
+        try:
+            await create_topics(bootstrap, partitions)
+            return
+        except StackError:
+            if attempt == 49:
+                raise
+            await asyncio.sleep(0.3)
+
+
 def ensure_topics(bootstrap: str, partitions: int) -> list[str]:
     """Synchronous `create_topics` for the CLI and fixtures (not callable from inside an event loop)."""
     return asyncio.run(create_topics(bootstrap, partitions))

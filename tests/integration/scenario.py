@@ -159,30 +159,9 @@ class WorkerProcess:
 
 async def reset_topics(bootstrap: str, partitions: int) -> None:
     """Delete and recreate every contract topic, so each test starts from empty topics."""
-    from aiokafka.admin import AIOKafkaAdminClient
-
     from streams import stack
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        doomed = [t for t in (*names.INPUT_TOPICS, *names.OUTPUT_TOPICS) if t in existing]
-        if doomed:
-            await admin.delete_topics(doomed)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and set(doomed) & set(await admin.list_topics()):
-            await asyncio.sleep(0.2)
-    finally:
-        await admin.close()
-    for attempt in range(50):
-        try:
-            await asyncio.to_thread(stack.ensure_topics, bootstrap, partitions)
-            return
-        except Exception:
-            if attempt == 49:
-                raise
-            await asyncio.sleep(0.3)
+    await stack.recreate_topics(bootstrap, partitions)
 
 
 TEST_TOKEN_KEY = "fenxiao-integration-test-key"
