@@ -63,22 +63,35 @@ def sink_rows(example: str) -> dict[str, list[dict[str, Any]]]:
 
 
 def accepted_paid(example: str) -> list[dict[str, Any]]:
-    """Paid events the engine accepted, found independently: the first paid event of each order that has an
-    accrued entry in expected.json (a later paid of the same order is order_already_paid)."""
-    exp = expected(example)
-    earned = {key.split("|")[0] for key in exp["entries"] if key.endswith("|accrued")}
-    first: dict[str, dict[str, Any]] = {}
+    """Paid events the engine accepted, found independently of the engine: in spec order per order, the first
+    paid event is accepted unless a cancel came before it; later paid events are refused (order_already_paid)."""
+    events: list[tuple[str, str, dict[str, Any]]] = []
+    seen: set[str] = set()
     for rec in records(example):
         v = rec["value"]
-        if rec["topic"] != names.ORDERS or not isinstance(v, dict) or v.get("type") != "paid":
+        if rec["topic"] != names.ORDERS or isinstance(decode(names.ORDERS, _raw(v)), Invalid):
             continue
-        if isinstance(decode(names.ORDERS, _raw(v)), Invalid) or v["order_id"] not in earned:
-            continue
-        key = (v["ts"], v["event_id"])
-        best = first.get(v["order_id"])
-        if best is None or key < (best["ts"], best["event_id"]):
-            first[v["order_id"]] = v
-    return list(first.values())
+        if v["event_id"] not in seen:
+            seen.add(v["event_id"])
+            events.append((v["ts"], v["event_id"], v))
+    events.sort(key=lambda t: (t[0], t[1]))
+    state: dict[str, str] = {}
+    out = []
+    for _, _, v in events:
+        before = state.get(v["order_id"])
+        if v["type"] == "paid":
+            if before is None:
+                out.append(v)
+                state[v["order_id"]] = "paid"
+        elif v["type"] == "cancelled" and before is None:
+            state[v["order_id"]] = "cancelled"
+    return out
+
+
+def refused_paid(example: str) -> int:
+    """How many paid events expected.json says were refused (order_cancelled + order_already_paid)."""
+    dead = expected(example)["dead_letters"]
+    return int(dead.get("order_cancelled", 0)) + int(dead.get("order_already_paid", 0))
 
 
 def level_beneficiaries(example: str) -> dict[tuple[str, int], str]:
