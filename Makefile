@@ -34,7 +34,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
 	@touch $@
 
-deps: venv ## install redis-server (apt) if missing, check Java 17 and Maven, fetch the Kafka jars once
+deps: venv ## install redis-server and chromium (apt) if missing, check Java 17 and Maven, fetch the Kafka jars once
 	@if ! command -v redis-server >/dev/null; then \
 	  echo "installing redis-server with apt-get"; \
 	  $(APT_GET) update -q && $(APT_GET) install -y -q redis-server; \
@@ -42,6 +42,10 @@ deps: venv ## install redis-server (apt) if missing, check Java 17 and Maven, fe
 	    echo "stopping the system redis-server service: fenxiao runs its own (fenxiao stack up)"; \
 	    $(SUDO) systemctl disable --now redis-server; \
 	  fi; \
+	fi
+	@if ! command -v chromium >/dev/null; then \
+	  echo "installing chromium with apt-get (the dashboard's browser test drives it headless)"; \
+	  $(APT_GET) update -q && $(APT_GET) install -y -q chromium; \
 	fi
 	@command -v java >/dev/null || { echo "java not found: Kafka needs Java 17+ (apt-get install -y openjdk-17-jre-headless)"; exit 1; }
 	@command -v mvn >/dev/null || { echo "mvn not found: it fetches the Kafka jars once (apt-get install -y maven)"; exit 1; }

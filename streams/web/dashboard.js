@@ -60,6 +60,7 @@
     es.addEventListener("entry", (ev) => tick(listId, JSON.parse(ev.data), showWho));
     es.addEventListener("expired", () => { es.close(); setStatus("token expired", false); });
     es.addEventListener("error", () => setStatus("reconnecting…", false));
+    window.addEventListener("pagehide", () => es.close());
   }
 
   function drawChart(series) {
