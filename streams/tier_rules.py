@@ -57,7 +57,7 @@ def load_rules(path: str | Path) -> TierRulesSection:
     parse(text, str(p))
     rules = FenxiaoConfig.model_validate(tomllib.loads(text)).tier_rules
     if rules is None:
-        raise ConfigError(f"{p}: no [tier_rules] table: add [[tier_rules.rule]] entries (tier, min_gmv_cents, ...)")
+        raise ConfigError(f"{p}: no tier_rules table: add tier_rules.rule entries (tier, min_gmv_cents, min_recruits)")
     return rules
 
 
