@@ -256,6 +256,7 @@ def render_chart(report: Report, path: Path) -> Path:
     else:
         step = max(1, len(labels) // 20)
         ax.set_xticks(positions[::step], labels[::step], rotation=45, ha="right")
+    ax.set_ylabel(", ".join(series(k)[0] for k in spec.y))
     lines, names_ = ax.get_legend_handles_labels()
     if spec.y2:
         ax2 = ax.twinx()
@@ -265,7 +266,7 @@ def render_chart(report: Report, path: Path) -> Path:
         ax2.set_ylabel(", ".join(series(k)[0] for k in spec.y2))
         more_lines, more_names = ax2.get_legend_handles_labels()
         lines, names_ = lines + more_lines, names_ + more_names
-    ax.legend(lines, names_, loc="upper left")
+    ax.legend(lines, names_, loc="best")
     ax.set_title(spec.title or report.title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
