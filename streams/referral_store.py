@@ -7,6 +7,7 @@ decisions land or none do. Layout: docs/redis.md.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable, Iterable
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import WatchError
 
 from schemas.events import Click, Event, Order, Signup, Tier
 from streams import names
@@ -188,6 +190,7 @@ class RedisStore:
     def __init__(self, url: str, attribution_window_ms: int, owner: str = "", epoch: str = "") -> None:
         self.owner = owner
         self.epoch = epoch
+        self._lock = asyncio.Lock()
         self.redis = aioredis.Redis.from_url(url, decode_responses=True)
         self._load = self.redis.register_script(_LOAD_LUA)
         self.click_ttl_ms = attribution_window_ms + CLICK_TTL_MARGIN_MS
@@ -247,11 +250,7 @@ class RedisStore:
 
     async def renew_lease(self) -> None:
         """Extend the lease; raise if another worker took it (the timer keeps it alive between batches)."""
-        async with self.redis.pipeline(transaction=True) as p:
-            await self._check_lease(p)
-            p.multi()  # type: ignore[no-untyped-call]
-            p.set(names.KEY_LEASE, self.owner, px=LEASE_TTL_MS)
-            await p.execute()
+        await self._guarded(lambda p: None)
 
     async def _check_lease(self, p: Any) -> None:
         """WATCH the lease and the state epoch, so the transaction aborts if either changes before EXEC."""
@@ -263,52 +262,75 @@ class RedisStore:
         if epoch != self.epoch:
             raise StateLost(_state_lost_message(epoch))
 
+    async def _guarded(self, fill: Callable[[Any], None], attempts: int = 3) -> None:
+        """Run one MULTI/EXEC that renews the lease, only while lease and epoch are ours.
+
+        The lock keeps this worker's own renewals and commits from aborting each other's WATCH; a
+        WatchError then means an outside change, and the next attempt's check says which.
+        """
+        async with self._lock:
+            for _ in range(attempts):
+                async with self.redis.pipeline(transaction=True) as p:
+                    await self._check_lease(p)
+                    p.multi()  # type: ignore[no-untyped-call]
+                    p.set(names.KEY_LEASE, self.owner, px=LEASE_TTL_MS)
+                    fill(p)
+                    try:
+                        await p.execute()
+                        return
+                    except WatchError:
+                        continue
+            raise LeaseLost(f"the lease or state epoch kept changing under this worker ({self.owner})")
+
     async def commit(self, state: State, position: SeqKey | None, stage: Callable[[Any], None] | None = None) -> None:
         """Write every change of the batch in one MULTI/EXEC, only while this worker holds the lease.
 
         `stage` adds more commands to the same transaction (read models such as leaderboards), so they
-        land exactly when the batch's state does: once.
+        land exactly when the batch's state does: once. A retried attempt stages everything again.
         """
-        async with self.redis.pipeline(transaction=True) as p:
-            await self._check_lease(p)
-            p.multi()  # type: ignore[no-untyped-call]
-            p.set(names.KEY_LEASE, self.owner, px=LEASE_TTL_MS)
+
+        def fill(p: Any) -> None:
             if stage is not None:
                 stage(p)
-            for uid in state.dirty_users:
-                u = state.users[uid]
-                assert u is not None
-                fields: dict[Any, Any] = {"t": u.signup_ms, "d": 1 if u.distributor else 0, "e": u.signup_event_id}
-                if u.inviter is not None:
-                    fields["i"] = u.inviter
-                p.hset(names.KEY_USER + uid, mapping=fields)
-            for uid in state.dirty_tiers:
-                mark = state.tiers[uid]
-                assert mark is not None
-                p.hset(names.KEY_USER + uid, mapping={"r": mark.tier, "k": _key_str(mark.key)})
-            for v in state.dirty_clicks:
-                c = state.clicks[v]
-                assert c is not None
-                p.hset(names.KEY_CLICK + v, mapping={"t": c.ts_ms, "r": c.ref, "k": _key_str(c.key)})
-                p.pexpire(names.KEY_CLICK + v, self.click_ttl_ms)
-            for oid in state.dirty_orders:
-                o = state.orders[oid]
-                assert o is not None
-                p.set(names.KEY_ORDER + oid, encode_order(o))
-                if o.settle_at_ms is not None and not o.settled:
-                    p.zadd(names.KEY_SETTLE, {oid: o.settle_at_ms})
-                else:
-                    p.zrem(names.KEY_SETTLE, oid)
-            for uid, b in state.balance_deltas.items():
-                k = names.KEY_BALANCE + uid
-                p.hincrby(k, "p", b.pending)
-                p.hincrby(k, "a", b.available)
-                p.hincrby(k, "l", b.earned)
-            if state.new_dead_ids:
-                p.sadd(names.KEY_DEAD, *state.new_dead_ids)
-            if position is not None:
-                p.hset(names.KEY_SEQ, mapping={"applied": _key_str(position)})
-            await p.execute()
+            self._stage_state(p, state, position)
+
+        await self._guarded(fill)
+
+    def _stage_state(self, p: Any, state: State, position: SeqKey | None) -> None:
+        """Queue the batch's state changes on a transaction pipeline."""
+        for uid in state.dirty_users:
+            u = state.users[uid]
+            assert u is not None
+            fields: dict[Any, Any] = {"t": u.signup_ms, "d": 1 if u.distributor else 0, "e": u.signup_event_id}
+            if u.inviter is not None:
+                fields["i"] = u.inviter
+            p.hset(names.KEY_USER + uid, mapping=fields)
+        for uid in state.dirty_tiers:
+            mark = state.tiers[uid]
+            assert mark is not None
+            p.hset(names.KEY_USER + uid, mapping={"r": mark.tier, "k": _key_str(mark.key)})
+        for v in state.dirty_clicks:
+            c = state.clicks[v]
+            assert c is not None
+            p.hset(names.KEY_CLICK + v, mapping={"t": c.ts_ms, "r": c.ref, "k": _key_str(c.key)})
+            p.pexpire(names.KEY_CLICK + v, self.click_ttl_ms)
+        for oid in state.dirty_orders:
+            o = state.orders[oid]
+            assert o is not None
+            p.set(names.KEY_ORDER + oid, encode_order(o))
+            if o.settle_at_ms is not None and not o.settled:
+                p.zadd(names.KEY_SETTLE, {oid: o.settle_at_ms})
+            else:
+                p.zrem(names.KEY_SETTLE, oid)
+        for uid, b in state.balance_deltas.items():
+            k = names.KEY_BALANCE + uid
+            p.hincrby(k, "p", b.pending)
+            p.hincrby(k, "a", b.available)
+            p.hincrby(k, "l", b.earned)
+        if state.new_dead_ids:
+            p.sadd(names.KEY_DEAD, *state.new_dead_ids)
+        if position is not None:
+            p.hset(names.KEY_SEQ, mapping={"applied": _key_str(position)})
 
     async def balances(self) -> dict[str, dict[str, int]]:
         """Every beneficiary's pending and available cents (for tests and reports)."""
