@@ -3,7 +3,7 @@
 Starts a private Kafka + Redis (streams.stack.isolated_stack) and a worker on the basic example, connects to
 one distributor's feed, then produces N paid orders for one of their recruits, one at a time. Prints
 median and p99 of both latencies; commit time is the stream id (Redis' clock at the commit's XADD).
-Usage: .venv/bin/python bench/feed_latency.py [N]
+Usage: PYTHONPATH=. .venv/bin/python bench/feed_latency.py [N]  (it reuses the integration test helpers)
 """
 
 from __future__ import annotations
