@@ -294,31 +294,6 @@ def _add_token_command(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     t.set_defaults(func=_token)
 
 
-def _token(args: argparse.Namespace) -> int:
-    """Print a signed API token for a distributor or an operator, keyed by FENXIAO_TOKEN_KEY."""
-    from streams import auth, names
-    from streams.settings import get_settings
-
-    if args.ttl <= 0:
-        raise CliError(f"--ttl must be a positive number of seconds, got {args.ttl}")
-    key = get_settings().token_key.get_secret_value()
-    if key == "dev-only-change-me":
-        err.print(f"[yellow]warning:[/] {names.ENV_TOKEN_KEY} is not set; this token is signed with the dev key")
-    role, subject = (auth.OPERATOR, None) if args.operator else (auth.DISTRIBUTOR, args.distributor)
-    print(auth.issue(key, role, subject, args.ttl))
-    return 0
-
-
-def _add_token_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """`token`: a bearer token for the worker's API and dashboard."""
-    t = sub.add_parser("token", help="print a bearer token for the API and the dashboard")
-    who = t.add_mutually_exclusive_group(required=True)
-    who.add_argument("--distributor", metavar="ID", help="a token that reads only this distributor's data")
-    who.add_argument("--operator", action="store_true", help="a token that reads everything")
-    t.add_argument("--ttl", type=int, default=86400, help="seconds until it expires (default 86400)")
-    t.set_defaults(func=_token)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """All subcommands and their flags."""
     p = argparse.ArgumentParser(prog="fenxiao", description="Streaming commission engine for distribution programs.")
@@ -334,7 +309,6 @@ def build_parser() -> argparse.ArgumentParser:
     w.set_defaults(func=_worker)
 
     _add_replay_commands(sub)
-    _add_token_command(sub)
     _add_token_command(sub)
 
     d = sub.add_parser("demo", help="local stack + worker + a generated flash sale, live, then a report")
