@@ -177,12 +177,14 @@ def run(users: int, orders: int, duration: float, seed: int, speed: float = 4.0)
     try:
         _wait_ready(port, proc, log_path)
         console.print(f"Live dashboard: http://127.0.0.1:{port}/dashboard?token={_operator_token()}")
-        records = list(flashsale.generate(users, orders, seed, datetime.now(UTC), duration))
+        start = datetime.now(UTC)
+        records = list(flashsale.generate(users, orders, seed, start, duration))
+        sale_end_ms = int(start.timestamp() * 1000 + (duration + 30) * 1000)
         console.print(
             f"[bold]4/5[/] replaying a generated sale at {speed:g}x real time: {users:,} users, {orders:,} orders, "
             f"{len(records):,} events. Worker status: http://127.0.0.1:{port}/status"
         )
-        asyncio.run(_live(settings.kafka, redis_url, records, port, speed))
+        asyncio.run(_live(settings.kafka, redis_url, records, port, speed, sale_end_ms))
         _wait_settled(port, redis_url, timeout=30)
     finally:
         if proc.poll() is None:
@@ -227,22 +229,34 @@ def _wait_ready(port: int, proc: subprocess.Popen[bytes], log_path: Path) -> Non
     raise DemoError(f"the worker did not answer within 120 s; see {log_path}")
 
 
-async def _live(bootstrap: str, redis_url: str, records: list[dict[str, Any]], port: int, speed: float) -> None:
-    """Produce in real time while showing events/s and the top earners."""
+TAIL_SPEEDUP = 15.0
+
+
+async def _live(
+    bootstrap: str, redis_url: str, records: list[dict[str, Any]], port: int, speed: float, sale_end_ms: int
+) -> None:
+    """Produce at `speed` while showing events/s and the top earners; the after-sale tail goes faster."""
+    from schemas.events import parse_ts_ms
     from streams import replay
 
     produced = 0
+    cut = next((i for i, r in enumerate(records) if parse_ts_ms(r["value"]["ts"]) > sale_end_ms), len(records))
 
     async def counted() -> int:
         nonlocal produced
 
-        def gen() -> Any:
+        def gen(part: list[dict[str, Any]]) -> Any:
             nonlocal produced
-            for r in records:
+            for r in part:
                 produced += 1
                 yield r
 
-        return await replay.produce(bootstrap, gen(), realtime_speed=speed, progress=False)
+        n = await replay.produce(bootstrap, gen(records[:cut]), realtime_speed=speed, progress=False)
+        if cut < len(records):
+            n += await replay.produce(
+                bootstrap, gen(records[cut:]), realtime_speed=speed * TAIL_SPEEDUP, progress=False
+            )
+        return n
 
     task = asyncio.create_task(counted())
     last_applied, last_t = 0, time.monotonic()

@@ -97,7 +97,8 @@ def print_demo_report(path: Path, console: Console) -> None:
             acc[0] += r.paid_orders
             acc[1] += r.gmv_cents
             acc[2] += r.accrued_cents
-        for minute, (orders, gmv, accrued) in sorted(per_minute.items())[:15]:
+        busy = [(m, v) for m, v in sorted(per_minute.items()) if any(v)]
+        for minute, (orders, gmv, accrued) in busy[:15]:
             minutes.add_row(f"{minute:%H:%M}", f"{orders:,}", _yuan(gmv), _yuan(accrued))
         console.print(minutes)
 
