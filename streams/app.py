@@ -22,6 +22,6 @@ app = faust.App(
     producer_linger_ms=5,
     web_enabled=True,
     web_port=_s.web_port,
-    web_host="127.0.0.1",
+    web_host=_s.web_host,
     autodiscover=False,
 )

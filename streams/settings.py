@@ -35,6 +35,7 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices(names.ENV_CRASH_AT),
         description="fault injection for tests: POINT:BATCH kills the worker with SIGKILL there",
     )
+    web_host: str = Field(default="127.0.0.1", validation_alias=AliasChoices(names.ENV_WEB_HOST))
     web_port: int = Field(default=6066, validation_alias=AliasChoices(names.ENV_WEB_PORT))
     share_base_url: str = Field(
         default="https://shop.example/s", validation_alias=AliasChoices(names.ENV_SHARE_BASE_URL)
