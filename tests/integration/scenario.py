@@ -116,8 +116,8 @@ async def wait_for_outcome(bootstrap: str, expected: Mapping[str, Any], timeout:
 class WorkerProcess:
     """`fenxiao worker` as a real subprocess, so it can be killed like production kills it."""
 
-    def __init__(self, config: Path, env: Mapping[str, str], log: Path) -> None:
-        self.config, self.env, self.log = config, dict(env), log
+    def __init__(self, config: Path, env: Mapping[str, str], log: Path, loglevel: str = "warning") -> None:
+        self.config, self.env, self.log, self.loglevel = config, dict(env), log, loglevel
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
@@ -125,7 +125,7 @@ class WorkerProcess:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         f = open(self.log, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker", "--config", str(self.config), "--loglevel", "warning"],
+            [sys.executable, "-m", "streams.cli", "worker", "--config", str(self.config), "--loglevel", self.loglevel],
             env={**os.environ, **self.env},
             stdout=f,
             stderr=subprocess.STDOUT,
