@@ -14,7 +14,7 @@ STAMP := $(VENV)/.fenxiao-installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_GET := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: help venv deps run test lint fmt stack-up stack-down stack-status clean
+.PHONY: help venv deps run test lint fmt stack-up stack-down stack-status clean bench
 
 help: ## list the targets
 	@echo "usage: make <target>"
@@ -63,6 +63,10 @@ lint: venv ## ruff check and mypy --strict
 
 fmt: venv ## format the code with ruff
 	$(BIN)/ruff format streams schemas tests
+
+bench: venv deps ## benchmark on a private stack (~10 min): throughput, latency, backlog, memory, sink; BENCH_ARGS=--quick
+	$(BIN)/pip install -q --disable-pip-version-check 'py-spy>=0.4'
+	$(BIN)/python bench/pipeline_bench.py $(BENCH_ARGS)
 
 stack-up: venv deps ## start Kafka and Redis for development (data in var/)
 	$(BIN)/fenxiao stack up

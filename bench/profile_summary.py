@@ -1,0 +1,59 @@
+"""Summarise a py-spy `--format raw` profile (collapsed stacks): where a batch's time goes, by category."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+# (label, substrings: a sample counts for the category if any frame of its stack contains one of them).
+CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("decode + validate input (schemas/events.py)", ("(schemas/events.py",)),
+    ("alignment (streams/alignment.py)", ("(streams/alignment.py",)),
+    (
+        "Redis load (Lua) + commit (MULTI/EXEC)",
+        ("load (streams/referral_store.py", "commit (streams/referral_store.py"),
+    ),
+    ("ledger rules (streams/ledger.py)", ("(streams/ledger.py",)),
+    ("produce outputs: send_all + wait for acks", ("send_all (",)),
+    ("ClickHouse sink (streams/sink*.py, chdb)", ("(streams/sink", "chdb")),
+    ("JSON encode/decode (json module)", ("json/", "(json", "orjson")),
+    ("pydantic", ("pydantic",)),
+    ("aiokafka client (fetch, produce, protocol)", ("aiokafka/",)),
+    ("faust framework", ("faust/", "mode/")),
+    ("asyncio event loop", ("asyncio/",)),
+)
+
+
+def _frames(stack: str) -> list[str]:
+    return stack.split(";")
+
+
+def summarize(raw: str, top: int = 15) -> dict[str, object]:
+    """Total samples, inclusive share per category, and the functions with the most self (leaf) samples."""
+    total = 0
+    inclusive: Counter[str] = Counter()
+    leaf: Counter[str] = Counter()
+    for line in raw.splitlines():
+        stack, _, count_s = line.rpartition(" ")
+        if not stack or not count_s.isdigit():
+            continue
+        n = int(count_s)
+        total += n
+        frames = _frames(stack)
+        leaf[frames[-1]] += n
+        joined = ";".join(frames)
+        for label, needles in CATEGORIES:
+            if any(s in joined for s in needles):
+                inclusive[label] += n
+    return {
+        "samples": total,
+        "inclusive_pct": {k: round(100 * inclusive[k] / total, 1) if total else 0.0 for k, _ in CATEGORIES},
+        "top_self": [(f, round(100 * n / total, 1)) for f, n in leaf.most_common(top)] if total else [],
+    }
+
+
+def summarize_file(path: Path, top: int = 15) -> dict[str, object]:
+    """summarize() of a file; an empty summary if py-spy wrote nothing."""
+    if not path.exists():
+        return {"samples": 0, "inclusive_pct": {}, "top_self": []}
+    return summarize(path.read_text(errors="replace"), top)
