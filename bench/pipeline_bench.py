@@ -676,7 +676,7 @@ def chart(res: dict[str, Any], path: Path) -> None:
     offered = [x["offered_orders_per_s"] for x in lv] + [maxr]
     achieved = [x["drained_orders_per_s"] for x in lv] + [maxr]
     a1.plot(offered, achieved, "o-", label="pipeline (achieved)")
-    a1.plot([0, max(offered)], [0, max(offered)], ":", color="grey", label="offered = achieved")
+    a1.plot([min(offered), max(offered)], [min(offered), max(offered)], ":", color="grey", label="offered = achieved")
     a1.axhline(res["baseline"]["records_per_s"], color="tab:red", ls="--", label="baseline passthrough")
     a1.set_yscale("log")  # the passthrough ceiling is orders of magnitude above the pipeline
     a1.set_xlabel("offered load (orders/s)")
