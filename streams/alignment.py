@@ -90,6 +90,10 @@ class Aligner:
             part.last_arrival = self.clock()
             part.lag = lag
 
+    def earliest_held(self) -> SeqKey | None:
+        """The key of the first event still waiting (released or not, nothing before it may be skipped)."""
+        return self._heap[0].key if self._heap else None
+
     def frontier(self) -> SeqKey:
         """The lowest watermark over all partitions: everything below it is safe to apply."""
         now = self.clock()

@@ -169,12 +169,20 @@ class Sequencer:
         self.wakeup.set()
 
     def _settle_until(self) -> int:
-        """Settle what the wall clock has passed, but not past what every partition has delivered."""
-        now = self.wall_ms()
+        """Settle what the wall clock has passed, but only strictly before every event not yet applied.
+
+        Not yet applied means both: events a partition may still deliver (below its watermark) and
+        events already held here but not in this batch (a batch is cut at batch_size). Settling past
+        a held refund would turn its reversal into a clawback.
+        """
+        bound = self.wall_ms()
         frontier = self.aligner.frontier()
-        if frontier == INF_KEY:
-            return now
-        return min(now, frontier[0] - 1)
+        if frontier != INF_KEY:
+            bound = min(bound, frontier[0] - 1)
+        held = self.aligner.earliest_held()
+        if held is not None:
+            bound = min(bound, held[0] - 1)
+        return bound
 
     async def step(self) -> bool:
         """Apply one released batch (and due settlements); True if there may be more to do at once."""

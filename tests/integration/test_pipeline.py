@@ -14,7 +14,9 @@ from tests.integration.scenario import Env
 EXAMPLES = ["basic", "two-level", "messy"]
 
 
-def assert_outcome(pipe: Env, example: str, out: scenario.Outputs, diff: list[str], *workers: Any) -> None:
+def assert_outcome(
+    pipe: Env, example: str | dict[str, Any], out: scenario.Outputs, diff: list[str], *workers: Any
+) -> None:
     """Topics, Redis balances and ClickHouse equal expected.json; a replayed entry_id carries the same record.
 
     Stops the workers: embedded ClickHouse can only be read once its owner has let go of it.
@@ -25,7 +27,7 @@ def assert_outcome(pipe: Env, example: str, out: scenario.Outputs, diff: list[st
     for e in out.entries:
         first = by_id.setdefault(e["entry_id"], e)
         assert first == e, f"entry {e['entry_id']} was rewritten with different content: {first} vs {e}"
-    expected = scenario.load_expected(example)
+    expected = scenario.load_expected(example) if isinstance(example, str) else example
     assert pipe.redis_balances() == expected["balances"]
     scenario.wait_sink_quiet(pipe.web_port, quiet_s=3.0, timeout=60)
     for w in workers:
