@@ -17,6 +17,8 @@ from urllib.parse import urlencode
 
 import redis.asyncio as aioredis
 from aiohttp import web as aioweb
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streams import auth, names
 from streams.app import app
@@ -36,7 +38,8 @@ from streams.settings import get_settings
 WEB_DIR = Path(__file__).resolve().parent / "web"
 STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-FEED_BLOCK_MS = 5000
+FEED_BLOCK_MS = 2000
+FEED_RETRY_S = 0.2  # a slow or restarting Redis must not end an open feed
 FEED_HEARTBEAT_S = 15.0
 DEFAULT_TIER = "standard"
 
@@ -360,7 +363,11 @@ async def _sse(request: Any, key: str, p: auth.Principal) -> Any:
     beat = time.monotonic()
     with contextlib.suppress(ConnectionResetError, asyncio.CancelledError):
         while p.expires_at > time.time():
-            got = await r.xread({key: last}, count=500, block=FEED_BLOCK_MS)
+            try:
+                got = await r.xread({key: last}, count=500, block=FEED_BLOCK_MS)
+            except (RedisTimeoutError, RedisConnectionError):
+                await asyncio.sleep(FEED_RETRY_S)
+                continue
             rows = got[0][1] if got else []
             if rows:
                 await _send(resp, key, rows)
