@@ -133,9 +133,9 @@ def run(users: int, orders: int, duration: float, seed: int, speed: float = 4.0)
     from streams.settings import get_settings
 
     settings = get_settings()
-    cfg = stack.config_from_settings(settings)
     console.print("[bold]1/5[/] starting the local stack (Kafka in KRaft mode, Redis)…")
     try:
+        cfg = stack.config_from_settings(settings)
         stack.up(cfg, settings.partitions)
     except stack.StackError as e:
         raise DemoError(str(e)) from e
