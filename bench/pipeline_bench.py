@@ -52,6 +52,7 @@ from bench.profile_summary import summarize_file  # noqa: E402
 from streams import flashsale, names, outcome, reference  # noqa: E402
 from streams import stack as stack_mod  # noqa: E402
 from streams.config import load as load_program  # noqa: E402
+from streams.demo import program_toml  # noqa: E402
 
 console = Console()
 PARTITIONS = 4
@@ -59,30 +60,6 @@ BENCH_IN, BENCH_OUT = "bench.passthrough.in", "bench.passthrough.out"
 SALE_START = datetime(2025, 11, 11, tzinfo=UTC)  # in the past: freezes end during the run, settlement is exercised
 SALE_SECONDS = 600.0
 LOADS = (0.25, 0.5, 0.75)
-
-CONFIG = """\
-[program]
-levels = 3
-self_purchase = false
-attribution_window_seconds = 86400
-freeze_seconds = 60
-max_total_bps = 2000
-
-[tiers.standard]
-rates_bps = [1000, 500, 200]
-[tiers.silver]
-rates_bps = [1200, 600, 300]
-[tiers.gold]
-rates_bps = [1500, 700, 300]
-
-[campaigns.d11]
-max_total_bps = 2500
-[campaigns.d11.tiers.standard]
-rates_bps = [1300, 500, 200]
-
-[pipeline]
-ordering_grace_seconds = {grace}
-"""
 
 
 def _enc(v: Any) -> bytes:
@@ -247,7 +224,7 @@ class Worker:
         self.scenario = scenario
         (self.port,) = stack_mod.pick_free_ports(1)
         cfg = tmp / "fenxiao.toml"
-        cfg.write_text(CONFIG.format(grace=grace))
+        cfg.write_text(program_toml(freeze_seconds=60, grace_seconds=grace))
         env = {
             names.ENV_KAFKA: st.bootstrap,
             names.ENV_REDIS_URL: st.redis_url,
@@ -770,7 +747,7 @@ async def run_stack_phases(st: Any, tmp: Path, args: argparse.Namespace, res: di
 
 def _write_config(tmp: Path, grace: float) -> Path:
     p = tmp / "fenxiao.toml"
-    p.write_text(CONFIG.format(grace=grace))
+    p.write_text(program_toml(freeze_seconds=60, grace_seconds=grace))
     return p
 
 

@@ -24,13 +24,15 @@ from streams import names
 
 console = Console()
 
-DEMO_CONFIG = """\
-# The demo's program: three levels, a d11 campaign, and a short freeze so settlement shows live.
+
+def program_toml(freeze_seconds: int = 20, grace_seconds: float = 2) -> str:
+    """The demo's program (three levels, a d11 campaign); a short freeze so settlement shows live."""
+    return f"""\
 [program]
 levels = 3
 self_purchase = false
 attribution_window_seconds = 86400
-freeze_seconds = 20
+freeze_seconds = {freeze_seconds}
 max_total_bps = 2000
 
 [tiers.standard]
@@ -46,7 +48,7 @@ max_total_bps = 2500
 rates_bps = [1300, 500, 200]
 
 [pipeline]
-ordering_grace_seconds = 2
+ordering_grace_seconds = {grace_seconds}
 """
 
 
@@ -143,7 +145,7 @@ def run(users: int, orders: int, duration: float, seed: int, speed: float = 4.0)
     demo_dir = settings.var_dir.resolve() / "demo"
     demo_dir.mkdir(parents=True, exist_ok=True)
     config_path = demo_dir / "fenxiao.toml"
-    config_path.write_text(DEMO_CONFIG, encoding="utf-8")
+    config_path.write_text(program_toml(), encoding="utf-8")
     ch_path = demo_dir / "clickhouse"
     console.print("[bold]2/5[/] emptying the demo topics and Redis db…")
     asyncio.run(_reset(settings.kafka, redis_url, settings.partitions))

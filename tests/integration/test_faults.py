@@ -19,7 +19,7 @@ from streams import names
 from streams import stack as stack_mod
 from tests.integration import scenario
 from tests.integration.scenario import Env
-from tests.integration.test_pipeline import assert_outcome
+from tests.integration.test_pipeline import assert_outcome, crash_and_recover
 
 INPUTS = list(names.INPUT_TOPICS)
 
@@ -243,23 +243,7 @@ def test_seeded_random_crash_point(pipe: Env, seed: int) -> None:
     """SIGKILL at a seeded random point and batch of a backlog replay, then a restart: the outcome is exact."""
     rng = random.Random(seed)
     point = rng.choice(["before_produce", "after_produce", "after_commit"])
-    batch = rng.randint(2, 12)
-    example = "messy"
-    pipe.produce(scenario.load_records(example))
-    w = scenario.WorkerProcess(
-        pipe.config(example),
-        {**pipe.env, "FENXIAO_BATCH_SIZE": "30", "FENXIAO_CRASH_AT": f"{point}:{batch}"},
-        pipe.tmp / "worker.log",
-    ).start()
-    assert w.proc is not None
-    try:
-        rc = w.proc.wait(120)
-    finally:
-        w.kill()
-    assert rc == -9, f"seed {seed}: expected a SIGKILL at {point} of batch {batch}, exit {rc}:\n{w.log_tail()}"
-    w2 = pipe.worker(example, FENXIAO_BATCH_SIZE="30")
-    out, diff = pipe.outcome(scenario.load_expected(example))
-    assert_outcome(pipe, example, out, diff, w2)
+    crash_and_recover(pipe, "messy", point, batch=rng.randint(2, 12), batch_size=30)
 
 
 def test_secrets_and_tokens_never_reach_the_log(pipe: Env) -> None:

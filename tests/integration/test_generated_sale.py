@@ -11,30 +11,12 @@ from datetime import UTC, datetime
 import pytest
 
 from streams import config, flashsale, outcome, reference
+from streams.demo import program_toml
 from tests.integration import scenario
 from tests.integration.scenario import Env
 from tests.integration.test_pipeline import assert_outcome
 
-FREEZE_CONFIG = """
-[program]
-levels = 3
-self_purchase = false
-attribution_window_seconds = 86400
-freeze_seconds = 30
-max_total_bps = 2000
-
-[tiers.standard]
-rates_bps = [1000, 500, 200]
-[tiers.silver]
-rates_bps = [1200, 600, 300]
-[tiers.gold]
-rates_bps = [1500, 700, 300]
-
-[campaigns.d11]
-max_total_bps = 2500
-[campaigns.d11.tiers.standard]
-rates_bps = [1300, 500, 200]
-"""
+FREEZE_CONFIG = program_toml(freeze_seconds=30, grace_seconds=1)
 
 
 @pytest.mark.parametrize("batch_size", ["40", "2000"])
@@ -46,7 +28,7 @@ def test_generated_sale_with_a_freeze_equals_the_reference(pipe: Env, batch_size
     expected = outcome.summarize(ref.entries, ref.bindings, ref.dead_letters)
     assert expected["totals"]["settled"] > 0 and expected["totals"]["reversed"] < 0, "the sale must exercise both"
     cfg = pipe.tmp / "freeze.toml"
-    cfg.write_text(FREEZE_CONFIG + "\n[pipeline]\nordering_grace_seconds = 1\n")
+    cfg.write_text(FREEZE_CONFIG)
     pipe.produce(records)
     w = scenario.WorkerProcess(cfg, {**pipe.env, "FENXIAO_BATCH_SIZE": batch_size}, pipe.tmp / "worker.log").start()
     try:

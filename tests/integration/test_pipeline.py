@@ -90,11 +90,15 @@ def test_sigkill_mid_scenario_and_restart(pipe: Env) -> None:
 @pytest.mark.parametrize("point", ["before_produce", "after_produce", "after_commit"])
 def test_crash_inside_a_batch(pipe: Env, point: str) -> None:
     """The worker dies by SIGKILL at a chosen point of its 3rd batch; the restarted worker ends exact."""
-    example = "messy"
+    crash_and_recover(pipe, "messy", point, batch=3, batch_size=50)
+
+
+def crash_and_recover(pipe: Env, example: str, point: str, batch: int, batch_size: int) -> None:
+    """Backlog replay with a worker that kills itself (SIGKILL) at `point` of `batch`; a restart must end exact."""
     pipe.produce(scenario.load_records(example))
     w = scenario.WorkerProcess(
         pipe.config(example),
-        {**pipe.env, "FENXIAO_BATCH_SIZE": "50", "FENXIAO_CRASH_AT": f"{point}:3"},
+        {**pipe.env, "FENXIAO_BATCH_SIZE": str(batch_size), "FENXIAO_CRASH_AT": f"{point}:{batch}"},
         pipe.tmp / "worker.log",
     ).start()
     assert w.proc is not None
@@ -102,8 +106,8 @@ def test_crash_inside_a_batch(pipe: Env, point: str) -> None:
         rc = w.proc.wait(120)
     finally:
         w.kill()
-    assert rc == -9, f"the worker should have killed itself at {point}, exit {rc}:\n{w.log_tail()}"
-    w2 = pipe.worker(example, FENXIAO_BATCH_SIZE="50")
+    assert rc == -9, f"the worker should have killed itself at {point} of batch {batch}, exit {rc}:\n{w.log_tail()}"
+    w2 = pipe.worker(example, FENXIAO_BATCH_SIZE=str(batch_size))
     try:
         out, diff = pipe.outcome(scenario.load_expected(example))
         assert_outcome(pipe, example, out, diff, w2)
