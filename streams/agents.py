@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from schemas.events import Invalid, decode, format_ts
@@ -10,6 +11,8 @@ from streams.app import app
 from streams.ledger import INVALID_EVENT, seq_key
 from streams.sequencer import DeadLetter, Held
 from streams.topics import clicks_topic, orders_topic, signups_topic, tiers_topic
+
+log = logging.getLogger(__name__)
 
 
 def _lag(tp: Any, offset: int) -> int | None:
@@ -77,7 +80,14 @@ async def assign_tiers(stream: Any) -> None:
 @app.task  # type: ignore[untyped-decorator]
 async def apply_in_sequence() -> None:
     """The one loop that applies aligned events in order (see streams.sequencer)."""
-    await runtime.get().sequencer.run()
+    try:
+        await runtime.get().sequencer.run()
+    except Exception:
+        if not app.should_stop:
+            raise
+        # Stopping mid-batch (e.g. the producer already stopped): nothing was committed or acked, so the
+        # next start replays the batch; an ordinary stop must not look like a crash.
+        log.info("stopped during a batch; it will be applied again on the next start")
 
 
 @app.on_partitions_assigned.connect  # type: ignore[arg-type]
