@@ -25,7 +25,7 @@ def _worker(args: argparse.Namespace) -> int:
     from streams import worker
 
     try:
-        return worker.run(args.config, args.loglevel)
+        return worker.run(args.config, args.loglevel, standby=args.standby)
     except worker.WorkerError as e:
         raise CliError(str(e)) from e
 
@@ -306,6 +306,11 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("worker", help="run the commission worker in the foreground")
     w.add_argument("--config", help="the program config, fenxiao.toml (default: $FENXIAO_CONFIG or ./fenxiao.toml)")
     w.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
+    w.add_argument(
+        "--standby",
+        action="store_true",
+        help="wait for the running worker's lease and take over when it stops (hot standby), instead of refusing",
+    )
     w.set_defaults(func=_worker)
 
     _add_replay_commands(sub)

@@ -163,23 +163,43 @@ class LeaseLost(RuntimeError):
     """Another worker holds this Redis: applying events here would move money twice."""
 
 
-def acquire_lease(url: str, owner: str, wait_s: float) -> None:
-    """Take the single-writer lease, waiting for a dead holder's lease to expire; sync, before the loop starts."""
+def acquire_lease(url: str, owner: str, wait_s: float | None, on_wait: Callable[[str], None] | None = None) -> None:
+    """Take the single-writer lease, waiting for the holder to stop (forever when wait_s is None: a standby)."""
     import redis
 
     r = redis.Redis.from_url(url, decode_responses=True)
-    deadline = time.monotonic() + wait_s
+    deadline = None if wait_s is None else time.monotonic() + wait_s
+    told = False
     try:
         while True:
             if r.set(names.KEY_LEASE, owner, nx=True, px=LEASE_TTL_MS) or r.get(names.KEY_LEASE) == owner:
                 return
-            if time.monotonic() > deadline:
+            if on_wait is not None and not told:
+                on_wait(str(r.get(names.KEY_LEASE)))
+                told = True
+            if deadline is not None and time.monotonic() > deadline:
                 holder = str(r.get(names.KEY_LEASE))
                 raise LeaseLost(
                     f"another worker ({holder}) is applying events to this Redis; only one may at a time. "
                     "Stop it, or give this worker its own Redis (FENXIAO_REDIS_URL)."
                 )
             time.sleep(0.5)
+    finally:
+        r.close()
+
+
+_RELEASE_LUA = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+
+
+def release_lease(url: str, owner: str) -> bool:
+    """Give the lease up at a clean stop, only if still ours, so a standby takes over at once instead of in 10 s."""
+    import redis
+
+    r = redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=2)
+    try:
+        return bool(r.eval(_RELEASE_LUA, 1, names.KEY_LEASE, owner))
+    except redis.RedisError:
+        return False
     finally:
         r.close()
 

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from streams import names
 from streams.config import ConfigError, load
-from streams.settings import get_settings
+from streams.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from streams.clickhouse import ClickHouse
+
+STANDBY_CHDB_WAIT_S = 60.0
 
 
 class WorkerError(Exception):
@@ -27,7 +34,23 @@ async def _redis_answers(url: str) -> bool:
         await r.aclose()
 
 
-def run(config_path: str | None, loglevel: str = "info") -> int:
+def _open_clickhouse(settings: Settings, wait_s: float) -> ClickHouse:
+    """Open ClickHouse; a worker taking over on this host waits for the previous owner to let go of chDB."""
+    from streams import clickhouse
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            ch = clickhouse.connect(settings)
+            clickhouse.migrate(ch)
+            return ch
+        except clickhouse.ChdbLockedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def run(config_path: str | None, loglevel: str = "info", standby: bool = False) -> int:
     """Start the worker in the foreground; returns when it is stopped (SIGINT/SIGTERM)."""
     settings = get_settings()
     path = Path(config_path) if config_path else settings.config
@@ -39,7 +62,8 @@ def run(config_path: str | None, loglevel: str = "info") -> int:
 
     if not stack.kafka_answers(settings.kafka, timeout=5.0):
         raise WorkerError(f"Kafka does not answer at {settings.kafka}: run `fenxiao stack up` or set {names.ENV_KAFKA}")
-    if not asyncio.run(_redis_answers(settings.redis_url.get_secret_value())):
+    redis_url = settings.redis_url.get_secret_value()
+    if not asyncio.run(_redis_answers(redis_url)):
         raise WorkerError(f"Redis does not answer: run `fenxiao stack up` or set {names.ENV_REDIS_URL}")
     stack.ensure_topics(settings.kafka, settings.partitions)
     os.environ[names.ENV_CONFIG] = str(path)
@@ -47,31 +71,46 @@ def run(config_path: str | None, loglevel: str = "info") -> int:
     import socket
 
     from streams import clickhouse, runtime
-    from streams.referral_store import LEASE_TTL_MS, LeaseLost, acquire_lease
+    from streams.referral_store import LEASE_TTL_MS, LeaseLost, acquire_lease, release_lease
     from streams.sink import ClickHouseSink
 
     owner = f"{settings.app_id}@{socket.gethostname()}:{os.getpid()}"
+
+    def waiting(holder: str) -> None:
+        print(f"fenxiao: standby: {holder} holds the lease; this worker takes over when it stops", flush=True)
+
     try:
-        acquire_lease(settings.redis_url.get_secret_value(), owner, wait_s=LEASE_TTL_MS / 1000 + 5)
+        if standby:
+            acquire_lease(redis_url, owner, wait_s=None, on_wait=waiting)
+        else:
+            acquire_lease(redis_url, owner, wait_s=LEASE_TTL_MS / 1000 + 5)
     except LeaseLost as e:
-        raise WorkerError(str(e)) from e
-    from streams.recovery import ensure_state
-
-    epoch, rebuilt = ensure_state(settings.redis_url.get_secret_value(), settings.kafka, settings.app_id)
-    if rebuilt:
-        print(f"fenxiao: Redis had no state; replaying the input topics from the beginning (group {settings.app_id})")
-
+        raise WorkerError(f"{e} To run this one as a hot standby, start it with --standby.") from e
+    except KeyboardInterrupt:
+        return 0
+    if standby:
+        print(f"fenxiao: standby {owner} took the lease; starting", flush=True)
+    ch: ClickHouse | None = None
     try:
-        ch = clickhouse.connect(settings)
-        clickhouse.migrate(ch)
-    except clickhouse.ClickHouseError as e:
-        raise WorkerError(str(e)) from e
-    runtime.init(settings, program, ClickHouseSink(ch), owner, epoch)
-    import faust
+        from streams.recovery import ensure_state
 
-    from streams import agents, report_views, sink_agent, timers, views  # noqa: F401  (registers agents, timers, pages)
-    from streams.app import app
+        epoch, rebuilt = ensure_state(redis_url, settings.kafka, settings.app_id)
+        if rebuilt:
+            print(f"fenxiao: Redis had no state; replaying the input topics from the start (group {settings.app_id})")
+        try:
+            ch = _open_clickhouse(settings, wait_s=STANDBY_CHDB_WAIT_S if standby else 0.0)
+        except clickhouse.ClickHouseError as e:
+            raise WorkerError(str(e)) from e
+        runtime.init(settings, program, ClickHouseSink(ch), owner, epoch)
+        import faust
 
-    worker = faust.Worker(app, loglevel=loglevel, quiet=True)
-    worker.execute_from_commandline()
+        from streams import agents, report_views, sink_agent, timers, views  # noqa: F401  (registers agents, timers, pages)
+        from streams.app import app
+
+        worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+        worker.execute_from_commandline()
+    finally:
+        if ch is not None:
+            ch.close()
+        release_lease(redis_url, owner)
     return 0

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,16 +116,19 @@ async def wait_for_outcome(bootstrap: str, expected: Mapping[str, Any], timeout:
 class WorkerProcess:
     """`fenxiao worker` as a real subprocess, so it can be killed like production kills it."""
 
-    def __init__(self, config: Path, env: Mapping[str, str], log: Path, loglevel: str = "warning") -> None:
-        self.config, self.env, self.log, self.loglevel = config, dict(env), log, loglevel
+    def __init__(
+        self, config: Path, env: Mapping[str, str], log: Path, loglevel: str = "warning", args: Sequence[str] = ()
+    ) -> None:
+        self.config, self.env, self.log, self.loglevel, self.args = config, dict(env), log, loglevel, list(args)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
         """Start the worker; its output goes to the log file."""
         self.log.parent.mkdir(parents=True, exist_ok=True)
         f = open(self.log, "ab")  # noqa: SIM115
+        cmd = [sys.executable, "-m", "streams.cli", "worker", "--config", str(self.config), "--loglevel", self.loglevel]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker", "--config", str(self.config), "--loglevel", self.loglevel],
+            [*cmd, *self.args],
             env={**os.environ, **self.env},
             stdout=f,
             stderr=subprocess.STDOUT,

@@ -6,7 +6,9 @@ import time
 from typing import Any
 
 import pytest
+import redis
 
+from streams import names
 from streams import stack as stack_mod
 from tests.integration import scenario
 from tests.integration.scenario import Env
@@ -115,6 +117,55 @@ def crash_and_recover(pipe: Env, example: str, point: str, batch: int, batch_siz
         w2.stop()
 
 
+def _wait_log(w: scenario.WorkerProcess, text: str, timeout: float) -> None:
+    """Wait until the worker printed `text`; fail with its log if it exits or never does."""
+    deadline = time.monotonic() + timeout
+    while text not in w.log_tail(200):
+        assert w.proc is not None and w.proc.poll() is None, f"worker exited waiting for {text!r}:\n{w.log_tail()}"
+        assert time.monotonic() < deadline, f"worker never printed {text!r}:\n{w.log_tail()}"
+        time.sleep(0.2)
+
+
+def test_a_standby_worker_joins_and_takes_over_twice_mid_scenario(pipe: Env) -> None:
+    """Workers join as standbys and the owner leaves twice while events flow: every handover is exact."""
+    example = "messy"
+    records = scenario.load_records(example)
+    thirds = [records[: len(records) // 3], records[len(records) // 3 : 2 * len(records) // 3]]
+    thirds.append(records[2 * len(records) // 3 :])
+    config = pipe.config(example)
+    other_port = stack_mod.pick_free_ports(1)[0]
+
+    def standby(name: str, port: int) -> scenario.WorkerProcess:
+        env = {**pipe.env, "FENXIAO_WEB_PORT": str(port), "FENXIAO_BATCH_SIZE": "7"}
+        return scenario.WorkerProcess(config, env, pipe.tmp / f"{name}.log", loglevel="info", args=["--standby"])
+
+    first = pipe.worker(example, FENXIAO_BATCH_SIZE="7")
+    second = standby("second", other_port).start()
+    third = standby("third", pipe.web_port)
+    try:
+        _wait_log(second, "holds the lease", 60)
+        pipe.produce(thirds[0])
+        time.sleep(1.5)
+        assert first.stop() == 0, f"the first worker did not stop cleanly:\n{first.log_tail()}"
+        holder = redis.Redis.from_url(pipe.stack.redis_url, decode_responses=True).get(names.KEY_LEASE)
+        assert first.proc is not None and not str(holder).endswith(f":{first.proc.pid}"), "a clean stop keeps the lease"
+        pipe.produce(thirds[1])
+        _wait_log(second, "took the lease", 30)
+        scenario.wait_http(other_port, "/health", 90, second)
+        third.start()
+        _wait_log(third, "holds the lease", 60)
+        pipe.produce(thirds[2])
+        time.sleep(1.0)
+        assert second.stop() == 0, f"the second worker did not stop cleanly:\n{second.log_tail()}"
+        _wait_log(third, "took the lease", 30)
+        scenario.wait_http(pipe.web_port, "/health", 90, third)
+        out, diff = pipe.outcome(scenario.load_expected(example))
+        assert_outcome(pipe, example, out, diff, third)
+    finally:
+        for w in (first, second, third):
+            w.kill()
+
+
 def test_a_second_worker_on_the_same_redis_is_refused(pipe: Env) -> None:
     """Another consumer group writing to the same Redis would pay everything twice: it must not start."""
     example = "basic"
@@ -131,6 +182,7 @@ def test_a_second_worker_on_the_same_redis_is_refused(pipe: Env) -> None:
         rc = intruder.proc.wait(60)
         assert rc == 2, f"the second worker should refuse to start, exit {rc}:\n{intruder.log_tail()}"
         assert "another worker" in intruder.log_tail() and "FENXIAO_REDIS_URL" in intruder.log_tail()
+        assert "--standby" in intruder.log_tail()
         out, diff = pipe.outcome(scenario.load_expected(example))
         assert_outcome(pipe, example, out, diff, w)
     finally:
