@@ -30,6 +30,7 @@ ENV_WEB_HOST = "FENXIAO_WEB_HOST"
 ENV_APP_ID = "FENXIAO_APP_ID"
 ENV_BATCH_SIZE = "FENXIAO_BATCH_SIZE"
 ENV_CRASH_AT = "FENXIAO_CRASH_AT"
+ENV_SINK_FAULT = "FENXIAO_SINK_FAULT"
 
 # Redis keys. Prefix "fx:"; see docs/redis.md for the full layout.
 REDIS_PREFIX = "fx:"

@@ -17,7 +17,12 @@ log = logging.getLogger(__name__)
 
 TAKE_MAX = 20_000
 TAKE_WITHIN_S = 1.0
-RETRY_PAUSE_S = 5.0
+RETRY_PAUSE_S = 5.0  # after a flush has used up the sink's own retries (5 attempts, 0.5 s doubling): pause, retry
+
+
+def longest_pause(sink: ClickHouseSink) -> float:
+    """The retry policy's longest wait between two insert attempts: how far ClickHouse may lag once it answers."""
+    return max([RETRY_PAUSE_S, *(sink.backoff(n) for n in range(1, sink.max_attempts))])
 
 
 def buffer_record(sink: ClickHouseSink, topic: str, raw: bytes | None) -> None:
