@@ -1,4 +1,4 @@
-"""The ClickHouse sink agent: ledger, bindings, dead letters, clicks, orders and tiers into ClickHouse in batches."""
+"""The ClickHouse sink agent: ledger, bindings, dead letters, limited clicks and the input events, in batches."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 from schemas.events import Invalid, decode
 from streams import names, runtime
 from streams.app import app
-from streams.sink import BINDINGS, CLICKS, DEAD_LETTERS, LEDGER, ORDERS, TIER_EVENTS, ClickHouseSink
+from streams.sink import BINDINGS, CLICKS, DEAD_LETTERS, LEDGER, LIMITED_CLICKS, ORDERS, TIER_EVENTS, ClickHouseSink
 from streams.topics import sink_sources_topic
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,8 @@ def buffer_record(sink: ClickHouseSink, topic: str, raw: bytes | None) -> None:
         sink.add(BINDINGS, json.loads(raw))
     elif topic == names.DEAD_LETTERS:
         sink.add(DEAD_LETTERS, json.loads(raw))
+    elif topic == names.CLICKS_LIMITED:
+        sink.add(LIMITED_CLICKS, json.loads(raw))
     else:
         ev = decode(topic, raw)
         if not isinstance(ev, Invalid):
