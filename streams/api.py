@@ -13,7 +13,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import redis.asyncio as aioredis
 from aiohttp import web as aioweb
@@ -36,7 +36,7 @@ from streams.projections import (
 from streams.settings import get_settings
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
-STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 FEED_BLOCK_MS = 2000
 FEED_RETRY_S = 0.2  # a slow or restarting Redis must not end an open feed
@@ -108,6 +108,18 @@ def _int_param(request: Any, name: str, default: int, lo: int, hi: int) -> int:
     return value
 
 
+def _stream_id(raw: str | None, message: str) -> str | None:
+    """A Redis stream id (two unsigned 64-bit numbers) in canonical form; 400 for anything else."""
+    if raw is None:
+        return None
+    if not STREAM_ID.fullmatch(raw):
+        raise ApiError(400, message)
+    ms, seq = (int(part) for part in raw.split("-"))
+    if ms >= 2**64 or seq >= 2**64:
+        raise ApiError(400, message)
+    return f"{ms}-{seq}"
+
+
 def entry_record(stream_id: str, fields: dict[str, str]) -> dict[str, Any]:
     """The fenxiao.commissions value plus its stream id (the cursor and SSE id)."""
     return {"id": stream_id, **entry_from_fields(fields).as_record()}
@@ -169,10 +181,11 @@ async def ledger(view: Any, request: Any, id: str) -> Any:
     """Newest first; cursor = the last stream id of the previous page (exclusive), so pages never overlap."""
     require(request, id)
     limit = _int_param(request, "limit", 50, 1, 200)
-    cursor = request.query.get("cursor") or None
-    if cursor is not None and not STREAM_ID.match(cursor):
-        raise ApiError(400, "cursor must be the next_cursor of a previous page")
-    rows = await redis().xrevrange(feed_key(id), max=f"({cursor}" if cursor else "+", min="-", count=limit + 1)
+    cursor = _stream_id(request.query.get("cursor") or None, "cursor must be the next_cursor of a previous page")
+    if cursor == "0-0":
+        rows = []  # nothing is older than the first possible id (and Redis refuses the range "(0-0")
+    else:
+        rows = await redis().xrevrange(feed_key(id), max=f"({cursor}" if cursor else "+", min="-", count=limit + 1)
     page = rows[:limit]
     return view.json(
         {
@@ -282,7 +295,11 @@ async def share(view: Any, request: Any, id: str) -> Any:
     url = await _share_target(request, id)
     qs = urlencode({k: v for k in ("campaign", "product") if (v := request.query.get(k))})
     return view.json(
-        {"distributor_id": id, "url": url, "qr_png": f"/api/distributors/{id}/share.png" + (f"?{qs}" if qs else "")}
+        {
+            "distributor_id": id,
+            "url": url,
+            "qr_png": f"/api/distributors/{quote(id, safe='')}/share.png" + (f"?{qs}" if qs else ""),
+        }
     )
 
 
@@ -296,7 +313,11 @@ async def share_png(view: Any, request: Any, id: str) -> Any:
 
     url = await _share_target(request, id)
     buf = io.BytesIO()
-    segno.make(url, error="m").save(buf, kind="png", scale=6, border=2)
+    try:
+        qr = segno.make(url, error="m")
+    except segno.DataOverflowError:
+        raise ApiError(400, "the share link is too long for a QR code: shorten campaign or product") from None
+    qr.save(buf, kind="png", scale=6, border=2)
     return view.bytes(buf.getvalue(), content_type="image/png")
 
 
@@ -346,9 +367,10 @@ async def live_campaign(view: Any, request: Any, id: str) -> Any:
 async def _sse(request: Any, key: str, p: auth.Principal) -> Any:
     """Stream entries of a Redis stream as SSE: id = stream id, so Last-Event-ID resumes exactly after it."""
     r = redis()
-    last = request.headers.get("Last-Event-ID") or request.query.get("last_event_id") or None
-    if last is not None and not STREAM_ID.match(last):
-        raise ApiError(400, "Last-Event-ID must be an id this feed sent")
+    last = _stream_id(
+        request.headers.get("Last-Event-ID") or request.query.get("last_event_id") or None,
+        "Last-Event-ID must be an id this feed sent",
+    )
     backlog = _int_param(request, "backlog", 0, 0, 200)
     resp = aioweb.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}

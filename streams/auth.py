@@ -54,6 +54,8 @@ def verify(key: str, token: str | None, now: float | None = None) -> Principal:
     """The principal of a valid token; AuthError otherwise (the message never echoes the token)."""
     if not token:
         raise AuthError("missing token: send Authorization: Bearer <token> (issue one with `fenxiao token`)")
+    if not token.isascii():
+        raise AuthError("malformed token")
     parts = token.split(".")
     if len(parts) != 3 or parts[0] != "fx1":
         raise AuthError("malformed token")
