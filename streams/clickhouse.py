@@ -571,11 +571,13 @@ class ServerBackend:
 
 
 def connect(settings: Settings | None = None) -> ClickHouse:
-    """The server when FENXIAO_CLICKHOUSE_URL is set, else embedded chDB at settings.chdb_path."""
+    """The server when FENXIAO_CLICKHOUSE_URL is set, else embedded chDB at settings.chdb_path; test faults wrap it."""
+    from streams import faults
+
     settings = settings or get_settings()
     if settings.clickhouse_url is not None:
-        return ServerBackend(settings.clickhouse_url.get_secret_value())
-    return ChdbBackend(settings.chdb_path)
+        return faults.inject(ServerBackend(settings.clickhouse_url.get_secret_value()), settings)
+    return faults.inject(ChdbBackend(settings.chdb_path), settings)
 
 
 # --- migrations ----------------------------------------------------------------------------------------------------

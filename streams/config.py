@@ -53,6 +53,14 @@ class PipelineSection(_Strict):
     ordering_grace_seconds: Annotated[float, Field(ge=0, le=3600)] = 10.0
 
 
+class ClicksSection(_Strict):
+    """The optional [clicks] table: how many clicks per event-time window may bind a visitor (click-spam limit)."""
+
+    window_seconds: Annotated[int, Field(ge=1, le=86_400, strict=True)] = 60
+    max_per_visitor: Annotated[int, Field(ge=0, strict=True)] = 10
+    max_per_ip: Annotated[int, Field(ge=0, strict=True)] = 300
+
+
 class TierRule(_Strict):
     """One [[tier_rules.rule]]: the tier earned by meeting every threshold given, over the evaluated period."""
 
@@ -82,6 +90,7 @@ class FenxiaoConfig(_Strict):
     tiers: dict[str, TierRates]
     campaigns: dict[str, CampaignSection] = Field(default_factory=dict)
     pipeline: PipelineSection = Field(default_factory=PipelineSection)
+    clicks: ClicksSection = Field(default_factory=ClicksSection)
     tier_rules: TierRulesSection | None = None
 
     @model_validator(mode="after")
@@ -130,12 +139,26 @@ class Plan:
 
 
 @dataclass(frozen=True, slots=True)
+class ClickLimits:
+    """Clicks that may bind per visitor and per ip in one fixed event-time window; 0 = no limit."""
+
+    window_ms: int = 60_000
+    max_per_visitor: int = 10
+    max_per_ip: int = 300
+
+    def window(self, ts_ms: int) -> int:
+        """The fixed window a click falls in: floor(ts / window), so every replay counts the same windows."""
+        return ts_ms // self.window_ms
+
+
+@dataclass(frozen=True, slots=True)
 class Program:
     """The validated config resolved into plans: the engine's only view of fenxiao.toml."""
 
     base: Plan
     campaigns: dict[str, Plan]
     ordering_grace_seconds: float
+    clicks: ClickLimits = ClickLimits()
 
     def plan_for(self, campaign_id: str | None) -> Plan:
         """The plan of an order's campaign; no or an unknown campaign gets the base plan."""
@@ -178,7 +201,14 @@ def resolve(cfg: FenxiaoConfig) -> Program:
             freeze_ms=base.freeze_ms,
             rates=rates,
         )
-    return Program(base=base, campaigns=campaigns, ordering_grace_seconds=cfg.pipeline.ordering_grace_seconds)
+    limits = ClickLimits(
+        window_ms=cfg.clicks.window_seconds * 1000,
+        max_per_visitor=cfg.clicks.max_per_visitor,
+        max_per_ip=cfg.clicks.max_per_ip,
+    )
+    return Program(
+        base=base, campaigns=campaigns, ordering_grace_seconds=cfg.pipeline.ordering_grace_seconds, clicks=limits
+    )
 
 
 def _explain(e: ValidationError) -> str:

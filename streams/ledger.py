@@ -10,6 +10,7 @@ from streams import commission
 from streams.config import Plan, Program
 
 SeqKey = tuple[int, int, str]
+IpWindow = tuple[int, str]  # (window id, ip): the key of a per-ip click count
 T = TypeVar("T")
 
 # Dead-letter reasons of the contract.
@@ -21,6 +22,10 @@ OVER_REFUND = "over_refund"
 CANNOT_CANCEL_COMPLETED = "cannot_cancel_completed"
 DUPLICATE_COMPLETED = "duplicate_completed"
 INVALID_EVENT = "invalid_event"
+
+# Why a click was limited (not used for attribution); fenxiao.clicks-limited `reason`.
+VISITOR_RATE = "visitor_rate"
+IP_RATE = "ip_rate"
 
 ACCRUED = "accrued"
 REVERSED = "reversed"
@@ -48,11 +53,13 @@ class TierMark:
 
 @dataclass(slots=True)
 class ClickMark:
-    """A visitor's latest click: who shared the link, and when."""
+    """A visitor's latest binding click (who shared the link, and when) and how many clicks bound in its window."""
 
     ts_ms: int
     ref: str
     key: SeqKey
+    window: int = -1
+    count: int = 0
 
 
 @dataclass(slots=True)
@@ -125,6 +132,31 @@ class Binding:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class LimitedClick:
+    """A click over the rate limit: valid input, kept out of attribution, counted in the funnel separately."""
+
+    event_id: str
+    visitor_id: str
+    ip: str | None
+    ref: str
+    campaign_id: str | None
+    ts_ms: int
+    reason: str
+
+    def as_record(self) -> dict[str, object]:
+        """The fenxiao.clicks-limited value."""
+        return {
+            "event_id": self.event_id,
+            "visitor_id": self.visitor_id,
+            "ip": self.ip,
+            "ref": self.ref,
+            "campaign_id": self.campaign_id,
+            "ts": format_ts(self.ts_ms),
+            "reason": self.reason,
+        }
+
+
 @dataclass(slots=True)
 class Outcome:
     """What applying one event produced; rejection is a dead-letter reason."""
@@ -134,6 +166,7 @@ class Outcome:
     rejection: str | None = None
     detail: str = ""
     duplicate: bool = False
+    limited: LimitedClick | None = None
 
 
 class NotLoaded(KeyError):
@@ -157,6 +190,7 @@ class State:
         self.users: dict[str, User | None] = {}
         self.tiers: dict[str, TierMark | None] = {}
         self.clicks: dict[str, ClickMark | None] = {}
+        self.ip_clicks: dict[IpWindow, int] = {}
         self.orders: dict[str, OrderState | None] = {}
         self.dead_ids: set[str] = set()
         self.dead_checked: set[str] = set()
@@ -164,6 +198,8 @@ class State:
         self.dirty_users: set[str] = set()
         self.dirty_tiers: set[str] = set()
         self.dirty_clicks: set[str] = set()
+        self.dirty_ip_clicks: set[IpWindow] = set()
+        self.limited_ids: set[str] = set()
         self.dirty_orders: set[str] = set()
         self.new_dead_ids: set[str] = set()
         self.settle_index: dict[str, int] = {}
@@ -191,6 +227,19 @@ class State:
     def order(self, order_id: str) -> OrderState | None:
         """The order's state, or None if never seen."""
         return self._get(self.orders, order_id)
+
+    def ip_count(self, key: IpWindow) -> int:
+        """Clicks from this ip that bound in this window so far."""
+        if key in self.ip_clicks:
+            return self.ip_clicks[key]
+        if self.complete:
+            return 0
+        raise NotLoaded(key)
+
+    def put_ip_count(self, key: IpWindow, count: int) -> None:
+        """Record a changed per-ip window count."""
+        self.ip_clicks[key] = count
+        self.dirty_ip_clicks.add(key)
 
     def is_dead(self, event_id: str) -> bool:
         """Whether this event id was already dead-lettered (a redelivery must not repeat it)."""
@@ -275,11 +324,31 @@ class Ledger:
         return True
 
     def apply_click(self, ev: Click, key: SeqKey) -> Outcome:
-        """Remember the visitor's latest click for attribution (older redeliveries change nothing)."""
+        """Remember the latest click unless its visitor or ip is at the window's limit (only binding clicks count)."""
         cur = self.state.click(ev.visitor_id)
-        if cur is None or key > cur.key:
-            self.state.clicks[ev.visitor_id] = ClickMark(ev.ts_ms, ev.ref, key)
-            self.state.dirty_clicks.add(ev.visitor_id)
+        if cur is not None and key <= cur.key:
+            return Outcome()
+        limits = self.program.clicks
+        window = limits.window(ev.ts_ms)
+        seen = cur.count if cur is not None and cur.window == window else 0
+        ip_key = (window, ev.ip) if ev.ip and limits.max_per_ip else None
+        ip_seen = self.state.ip_count(ip_key) if ip_key is not None else 0
+        if limits.max_per_visitor and seen >= limits.max_per_visitor:
+            reason: str | None = VISITOR_RATE
+        elif ip_key is not None and ip_seen >= limits.max_per_ip:
+            reason = IP_RATE
+        else:
+            reason = None
+        if reason is not None:
+            if ev.event_id in self.state.limited_ids:
+                return Outcome(duplicate=True)
+            self.state.limited_ids.add(ev.event_id)
+            limited = LimitedClick(ev.event_id, ev.visitor_id, ev.ip or None, ev.ref, ev.campaign_id, ev.ts_ms, reason)
+            return Outcome(limited=limited)
+        self.state.clicks[ev.visitor_id] = ClickMark(ev.ts_ms, ev.ref, key, window, seen + 1)
+        self.state.dirty_clicks.add(ev.visitor_id)
+        if ip_key is not None:
+            self.state.put_ip_count(ip_key, ip_seen + 1)
         return Outcome()
 
     def apply_tier(self, ev: Tier, key: SeqKey) -> Outcome:

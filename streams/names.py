@@ -9,9 +9,10 @@ TIERS = "fenxiao.tiers"
 COMMISSIONS = "fenxiao.commissions"
 BINDINGS = "fenxiao.bindings"
 DEAD_LETTERS = "fenxiao.dead-letters"
+CLICKS_LIMITED = "fenxiao.clicks-limited"  # clicks over the rate limit, not used for attribution (docs/decisions.md)
 
 INPUT_TOPICS: tuple[str, ...] = (TIERS, CLICKS, SIGNUPS, ORDERS)
-OUTPUT_TOPICS: tuple[str, ...] = (COMMISSIONS, BINDINGS, DEAD_LETTERS)
+OUTPUT_TOPICS: tuple[str, ...] = (COMMISSIONS, BINDINGS, DEAD_LETTERS, CLICKS_LIMITED)
 
 # Same-ts tie-break of the spec: tiers < clicks < signups < orders.
 TOPIC_RANK: dict[str, int] = {TIERS: 0, CLICKS: 1, SIGNUPS: 2, ORDERS: 3}
@@ -30,13 +31,15 @@ ENV_WEB_HOST = "FENXIAO_WEB_HOST"
 ENV_APP_ID = "FENXIAO_APP_ID"
 ENV_BATCH_SIZE = "FENXIAO_BATCH_SIZE"
 ENV_CRASH_AT = "FENXIAO_CRASH_AT"
+ENV_SINK_FAULT = "FENXIAO_SINK_FAULT"
 
 # Redis keys. Prefix "fx:"; see docs/redis.md for the full layout.
 REDIS_PREFIX = "fx:"
 KEY_USER = (
     "fx:u:"  # + user_id -> hash (i inviter, t signup ts ms, d distributor, e signup event id, r tier, rt tier ts key)
 )
-KEY_CLICK = "fx:c:"  # + visitor_id -> hash (latest click: t ts ms, r ref, k order key)
+KEY_CLICK = "fx:c:"  # + visitor_id -> hash (latest binding click: t ts ms, r ref, k order key; w window, n its count)
+KEY_IP_CLICKS = "fx:ci:"  # + window id + ":" + ip -> string: clicks from that ip that bound in that window; short TTL
 KEY_ORDER = "fx:o:"  # + order_id -> hash (locked order state, JSON in field s)
 KEY_BALANCE = "fx:b:"  # + user_id -> hash (p pending, a available, l lifetime)
 KEY_DEAD = "fx:dl"  # set of event ids already dead-lettered (a redelivery does not repeat them)

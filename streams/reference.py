@@ -20,6 +20,7 @@ class ReferenceRun:
     entries: list[dict[str, object]] = field(default_factory=list)
     bindings: list[dict[str, object]] = field(default_factory=list)
     dead_letters: list[dict[str, object]] = field(default_factory=list)
+    limited_clicks: list[dict[str, object]] = field(default_factory=list)
 
 
 def _raw(value: Any) -> bytes:
@@ -47,6 +48,8 @@ def run(records: Iterable[Mapping[str, Any]], program: Program, now_ms: int) -> 
         res = ledger.apply(ev, key)
         out.entries.extend(e.as_record() for e in res.entries)
         out.bindings.extend(b.as_record() for b in res.bindings)
+        if res.limited is not None:
+            out.limited_clicks.append(res.limited.as_record())
         if res.rejection:
             out.dead_letters.append({"topic": topic, "offset": i, "event_id": ev.event_id, "reason": res.rejection})
     out.entries.extend(e.as_record() for e in ledger.settle_due(now_ms))

@@ -1,4 +1,4 @@
-"""Redis as the engine's state: the referral tree, tiers, clicks, locked orders, balances, dead ids.
+"""Redis as the engine's state: the referral tree, tiers, clicks and their rate counts, orders, balances, dead ids.
 
 A batch is read with one Lua call (users with their whole ancestor chain, so chain resolution and the
 cycle check need no further trips) and written back with one MULTI/EXEC, so either all of a batch's
@@ -19,9 +19,14 @@ from redis.exceptions import WatchError
 
 from schemas.events import Click, Event, Order, Signup, Tier
 from streams import names
-from streams.ledger import ClickMark, OrderState, SeqKey, State, TierMark, User
+from streams.config import ClickLimits
+from streams.ledger import ClickMark, IpWindow, OrderState, SeqKey, State, TierMark, User
 
 CLICK_TTL_MARGIN_MS = 86_400_000
+# A per-ip window count is kept a few windows (wall clock, from its last write), at least 5 minutes, so the
+# aligner's grace and a short stop cannot split one window's count; after that it costs nothing.
+IP_CLICKS_TTL_WINDOWS = 3
+IP_CLICKS_MIN_TTL_MS = 300_000
 LEASE_TTL_MS = 10_000
 MAX_CHAIN = 100_000
 
@@ -30,7 +35,8 @@ local req = cjson.decode(ARGV[1])
 local pu, pc, po, dl_key, settle_key = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local max_chain = tonumber(ARGV[7])
 local epoch = redis.call('GET', ARGV[8])
-local users, clicks, orders, dead = {}, {}, {}, {}
+local pci = ARGV[9]
+local users, clicks, orders, dead, ips = {}, {}, {}, {}, {}
 local function hmap(key)
   local flat = redis.call('HGETALL', key)
   local m = {}
@@ -52,6 +58,7 @@ for _, v in ipairs(req.visitors) do
   if found and m['r'] then walk(m['r']) end
 end
 for _, uid in ipairs(req.users) do walk(uid) end
+for _, w in ipairs(req.ips) do ips[w] = redis.call('GET', pci .. w) or false end
 for _, oid in ipairs(req.orders) do
   orders[oid] = redis.call('GET', po .. oid) or false
 end
@@ -63,7 +70,7 @@ if #req.events > 0 then
   local flags = redis.call('SMISMEMBER', dl_key, unpack(req.events))
   for i, eid in ipairs(req.events) do if flags[i] == 1 then dead[#dead + 1] = eid end end
 end
-return cjson.encode({users = users, clicks = clicks, orders = orders, dead = dead, due = due, epoch = epoch})
+return cjson.encode({users = users, clicks = clicks, orders = orders, dead = dead, due = due, epoch = epoch, ips = ips})
 """
 
 
@@ -74,6 +81,11 @@ def _key_str(key: SeqKey) -> str:
 def _key_parse(s: str) -> SeqKey:
     ts, rank, eid = s.split("|", 2)
     return (int(ts), int(rank), eid)
+
+
+def ip_window_suffix(key: IpWindow) -> str:
+    """The per-ip count key after its prefix: window first, so an ip with ':' (IPv6) stays unambiguous."""
+    return f"{key[0]}:{key[1]}"
 
 
 def encode_order(o: OrderState) -> str:
@@ -127,11 +139,13 @@ class BatchRequest:
     visitors: set[str] = field(default_factory=set)
     orders: set[str] = field(default_factory=set)
     events: list[str] = field(default_factory=list)
+    ip_windows: set[IpWindow] = field(default_factory=set)
 
     @classmethod
-    def for_events(cls, events: Iterable[Event]) -> BatchRequest:
-        """Collect every user, visitor, order and event id the rules may look at."""
+    def for_events(cls, events: Iterable[Event], limits: ClickLimits | None = None) -> BatchRequest:
+        """Collect every user, visitor, order, event id and (with an ip limit) per-ip window the rules may look at."""
         req = cls()
+        per_ip = limits is not None and limits.max_per_ip > 0
         for ev in events:
             req.events.append(ev.event_id)
             if isinstance(ev, Order):
@@ -150,6 +164,8 @@ class BatchRequest:
             elif isinstance(ev, Click):
                 req.visitors.add(ev.visitor_id)
                 req.users.add(ev.ref)
+                if per_ip and ev.ip and limits is not None:
+                    req.ip_windows.add((limits.window(ev.ts_ms), ev.ip))
             elif isinstance(ev, Tier):
                 req.users.add(ev.user_id)
         return req
@@ -207,13 +223,16 @@ def release_lease(url: str, owner: str) -> bool:
 class RedisStore:
     """Loads a batch's slice of state and writes back what the ledger changed, atomically."""
 
-    def __init__(self, url: str, attribution_window_ms: int, owner: str = "", epoch: str = "") -> None:
+    def __init__(
+        self, url: str, attribution_window_ms: int, owner: str = "", epoch: str = "", click_window_ms: int = 60_000
+    ) -> None:
         self.owner = owner
         self.epoch = epoch
         self._lock = asyncio.Lock()
         self.redis = aioredis.Redis.from_url(url, decode_responses=True)
         self._load = self.redis.register_script(_LOAD_LUA)
         self.click_ttl_ms = attribution_window_ms + CLICK_TTL_MARGIN_MS
+        self.ip_clicks_ttl_ms = max(IP_CLICKS_TTL_WINDOWS * click_window_ms, IP_CLICKS_MIN_TTL_MS)
 
     async def close(self) -> None:
         """Release the connection pool."""
@@ -232,6 +251,7 @@ class RedisStore:
             "events": req.events,
             "settle_until": settle_until_ms,
             "settle_limit": settle_limit,
+            "ips": sorted(ip_window_suffix(k) for k in req.ip_windows),
         }
         raw = await self._load(
             args=[
@@ -243,6 +263,7 @@ class RedisStore:
                 names.KEY_SETTLE,
                 MAX_CHAIN,
                 names.KEY_EPOCH,
+                names.KEY_IP_CLICKS,
             ],
         )
         data: dict[str, Any] = json.loads(raw)
@@ -255,7 +276,11 @@ class RedisStore:
         for v in req.visitors:
             state.clicks[v] = None
         for v, m in _as_map(data["clicks"]).items():
-            state.clicks[v] = ClickMark(int(m["t"]), m["r"], _key_parse(m["k"])) if m else None
+            state.clicks[v] = _click(m) if m else None
+        ips = _as_map(data.get("ips"))
+        for k in req.ip_windows:
+            n = ips.get(ip_window_suffix(k))
+            state.ip_clicks[k] = int(n) if n else 0
         for oid in req.orders:
             state.orders[oid] = None
         for oid, s in _as_map(data["orders"]).items():
@@ -332,8 +357,13 @@ class RedisStore:
         for v in state.dirty_clicks:
             c = state.clicks[v]
             assert c is not None
-            p.hset(names.KEY_CLICK + v, mapping={"t": c.ts_ms, "r": c.ref, "k": _key_str(c.key)})
+            p.hset(
+                names.KEY_CLICK + v,
+                mapping={"t": c.ts_ms, "r": c.ref, "k": _key_str(c.key), "w": c.window, "n": c.count},
+            )
             p.pexpire(names.KEY_CLICK + v, self.click_ttl_ms)
+        for ipw in state.dirty_ip_clicks:
+            p.set(names.KEY_IP_CLICKS + ip_window_suffix(ipw), state.ip_clicks[ipw], px=self.ip_clicks_ttl_ms)
         for oid in state.dirty_orders:
             o = state.orders[oid]
             assert o is not None
@@ -370,6 +400,11 @@ def _state_lost_message(found: object) -> str:
         "The worker stops before deciding anything on empty state; start it again and it rebuilds Redis "
         "by replaying the input topics from the beginning."
     )
+
+
+def _click(m: dict[str, str]) -> ClickMark:
+    """A stored click record; one written before the rate limit has no window count (counts as none yet)."""
+    return ClickMark(int(m["t"]), m["r"], _key_parse(m["k"]), int(m.get("w", -1)), int(m.get("n", 0)))
 
 
 def _user(m: dict[str, str]) -> User:

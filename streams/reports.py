@@ -443,13 +443,13 @@ def funnel(ch: ClickHouse, params: Mapping[str, str]) -> Report:
     args: dict[str, object] = {"all": 0 if campaign else 1, "campaign": campaign, "limit": limit}
     top = ch.query(
         f"SELECT distributor_id, sumIf(clicks, {picked}) AS c, uniqMergeIf(visitors, {picked}) AS v,"
-        " sum(signups) AS s FROM funnel_daily WHERE distributor_id != ''"
+        f" sum(signups) AS s, sumIf(limited_clicks, {picked}) AS l FROM funnel_daily WHERE distributor_id != ''"
         " GROUP BY distributor_id ORDER BY c DESC, s DESC, distributor_id",
         args,
     )
     overall = ch.query(
-        f"SELECT sumIf(clicks, {picked}), uniqMergeIf(visitors, {picked}), sum(signups)"
-        " FROM funnel_daily WHERE distributor_id != ''",
+        f"SELECT sumIf(clicks, {picked}), uniqMergeIf(visitors, {picked}), sum(signups),"
+        f" sumIf(limited_clicks, {picked}) FROM funnel_daily WHERE distributor_id != ''",
         args,
     )
     first = ch.query(
@@ -463,16 +463,16 @@ def funnel(ch: ClickHouse, params: Mapping[str, str]) -> Report:
     first_by = {str(d): int(n) for d, n in first}
     rows: list[list[Cell]] = []
     seen: set[str] = set()
-    for d, clicks, visitors, signups in top:
+    for d, clicks, visitors, signups, limited in top:
         seen.add(str(d))
         orders = first_by.get(str(d), 0)
-        rows.append(_funnel_row(str(d), int(clicks), int(visitors), int(signups), orders))
+        rows.append(_funnel_row(str(d), int(clicks), int(limited), int(visitors), int(signups), orders))
     # Distributors with first orders but no clicks or signups in the funnel (bound at their first order).
     for d in sorted(set(first_by) - seen):
-        rows.append(_funnel_row(d, 0, 0, 0, first_by[d]))
-    rows.sort(key=lambda r: (-int(r[1] or 0), -int(r[4] or 0), str(r[0])))
-    clicks, visitors, signups = (int(v or 0) for v in overall[0]) if overall else (0, 0, 0)
-    total = _funnel_row("(all distributors)", clicks, visitors, signups, sum(first_by.values()))
+        rows.append(_funnel_row(d, 0, 0, 0, 0, first_by[d]))
+    rows.sort(key=lambda r: (-int(r[1] or 0), -int(r[5] or 0), str(r[0])))
+    clicks, visitors, signups, limited = (int(v or 0) for v in overall[0]) if overall else (0, 0, 0, 0)
+    total = _funnel_row("(all distributors)", clicks, limited, visitors, signups, sum(first_by.values()))
     return Report(
         "funnel",
         "referral funnel" + (f" for campaign {campaign}" if campaign else ""),
@@ -481,6 +481,7 @@ def funnel(ch: ClickHouse, params: Mapping[str, str]) -> Report:
             Column("clicks", "clicks"),
             Column("visitors", "distinct visitors"),
             Column("signups", "signups"),
+            Column("limited_clicks", "limited clicks"),
             Column("first_orders", "first orders"),
             Column("signup_rate_bps", "signup / visitor", BPS),
             Column("order_rate_bps", "first order / signup", BPS),
@@ -493,12 +494,15 @@ def funnel(ch: ClickHouse, params: Mapping[str, str]) -> Report:
             " order falls in the campaign (or any, without --campaign); distinct visitors are uniq() estimates",
         ],
         Chart("bar", ("clicks", "visitors", "signups", "first_orders"), title="referral funnel"),
+            "clicks: clicks counted for attribution; limited clicks: clicks over the click-spam limit ([clicks] in"
+            " fenxiao.toml), which bind nobody and are not in clicks",
     )
 
 
-def _funnel_row(who: str, clicks: int, visitors: int, signups: int, orders: int) -> list[Cell]:
-    """One funnel row with its conversion ratios."""
-    return [who, clicks, visitors, signups, orders, ratio_bps(signups, visitors), ratio_bps(orders, signups)]
+def _funnel_row(who: str, clicks: int, limited: int, visitors: int, signups: int, orders: int) -> list[Cell]:
+    """One funnel row; attributed clicks exclude limited ones (floored at 0 while the sink catches up)."""
+    counted = max(clicks - limited, 0)
+    return [who, counted, limited, visitors, signups, orders, ratio_bps(signups, visitors), ratio_bps(orders, signups)]
 
 
 def levels(ch: ClickHouse, params: Mapping[str, str]) -> Report:

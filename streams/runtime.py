@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from streams.config import Program
-from streams.ledger import Binding, Entry
+from streams.ledger import Binding, Entry, LimitedClick
 from streams.projections import default_projections
 from streams.referral_store import RedisStore
 from streams.sequencer import DeadLetter, Sequencer
@@ -23,9 +23,15 @@ def _json(value: dict[str, object]) -> bytes:
 class FaustOutputs:
     """Sends a batch's records through the app's producer and waits for every broker ack."""
 
-    async def send_all(self, entries: Sequence[Entry], bindings: Sequence[Binding], dead: Sequence[DeadLetter]) -> None:
-        """Produce commissions keyed by beneficiary, bindings by user, dead letters keyed as their input."""
-        from streams.topics import bindings_topic, commissions_topic, dead_letters_topic
+    async def send_all(
+        self,
+        entries: Sequence[Entry],
+        bindings: Sequence[Binding],
+        dead: Sequence[DeadLetter],
+        limited: Sequence[LimitedClick] = (),
+    ) -> None:
+        """Produce commissions by beneficiary, bindings by user, dead letters as input, limited clicks by visitor."""
+        from streams.topics import bindings_topic, clicks_limited_topic, commissions_topic, dead_letters_topic
 
         futs = []
         for e in entries:
@@ -36,6 +42,10 @@ class FaustOutputs:
             futs.append(await bindings_topic.send(key=b.user_id.encode(), value=_json(b.as_record()), force=True))
         for d in dead:
             futs.append(await dead_letters_topic.send(key=d.key, value=_json(d.as_record()), force=True))
+        for c in limited:
+            futs.append(
+                await clicks_limited_topic.send(key=c.visitor_id.encode(), value=_json(c.as_record()), force=True)
+            )
         if futs:
             await asyncio.gather(*futs)
 
@@ -58,7 +68,13 @@ _runtime: Runtime | None = None
 def init(settings: Settings, program: Program, sink: ClickHouseSink, owner: str, epoch: str) -> Runtime:
     """Create the shared objects; called once by `fenxiao worker` before the app starts."""
     global _runtime
-    store = RedisStore(settings.redis_url.get_secret_value(), program.attribution_window_ms, owner, epoch)
+    store = RedisStore(
+        settings.redis_url.get_secret_value(),
+        program.attribution_window_ms,
+        owner,
+        epoch,
+        click_window_ms=program.clicks.window_ms,
+    )
     _runtime = Runtime(
         settings,
         program,

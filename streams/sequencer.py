@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from schemas.events import Event, format_ts
 from streams.alignment import INF_KEY, Aligner
 from streams.config import Program
-from streams.ledger import Binding, Entry, Ledger, SeqKey, State
+from streams.ledger import Binding, Entry, Ledger, LimitedClick, SeqKey, State
 from streams.referral_store import BatchRequest, RedisStore
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,11 @@ class Outputs(Protocol):
     """Where a batch's records go; returns once the broker has acknowledged all of them."""
 
     def send_all(
-        self, entries: Sequence[Entry], bindings: Sequence[Binding], dead: Sequence[DeadLetter]
+        self,
+        entries: Sequence[Entry],
+        bindings: Sequence[Binding],
+        dead: Sequence[DeadLetter],
+        limited: Sequence[LimitedClick] = (),
     ) -> Awaitable[None]: ...
 
 
@@ -95,6 +99,7 @@ class Stats:
     entries: int = 0
     dead_letters: int = 0
     duplicates: int = 0
+    limited_clicks: int = 0
     last_batch_ms: float = 0.0
     extra: dict[str, int] = field(default_factory=dict)
 
@@ -194,13 +199,14 @@ class Sequencer:
         settle_until = self._settle_until()
         t0 = time.perf_counter()
         events = [h.event for _, h in batch]
-        state = await self.store.load(BatchRequest.for_events(events), settle_until)
+        state = await self.store.load(BatchRequest.for_events(events, self.program.clicks), settle_until)
         if not batch and not state.settle_index:
             return False
         ledger = Ledger(self.program, state)
         entries: list[Entry] = []
         bindings: list[Binding] = []
         dead: list[DeadLetter] = []
+        limited: list[LimitedClick] = []
         for key, h in batch:
             entries.extend(ledger.settle_due(min(key[0] - 1, settle_until)))
             res = ledger.apply(h.event, key)
@@ -208,6 +214,8 @@ class Sequencer:
                 self.stats.duplicates += 1
             entries.extend(res.entries)
             bindings.extend(res.bindings)
+            if res.limited is not None:
+                limited.append(res.limited)
             if res.rejection:
                 dead.append(
                     DeadLetter(
@@ -224,7 +232,7 @@ class Sequencer:
                 )
         entries.extend(ledger.settle_due(settle_until))
         self._maybe_crash("before_produce")
-        await self.outputs.send_all(entries, bindings, dead)
+        await self.outputs.send_all(entries, bindings, dead, limited)
         self._maybe_crash("after_produce")
 
         def stage(pipe: Any) -> None:
@@ -239,6 +247,7 @@ class Sequencer:
         self.stats.batches += 1
         self.stats.entries += len(entries)
         self.stats.dead_letters += len(dead)
+        self.stats.limited_clicks += len(limited)
         self.stats.last_batch_ms = (time.perf_counter() - t0) * 1000
         return len(batch) == self.batch_size
 
@@ -254,6 +263,7 @@ class Sequencer:
             "entries": self.stats.entries,
             "dead_letters": self.stats.dead_letters,
             "duplicates": self.stats.duplicates,
+            "limited_clicks": self.stats.limited_clicks,
             "last_batch_ms": round(self.stats.last_batch_ms, 2),
             "partitions": [
                 {

@@ -52,6 +52,7 @@ CLICKS = "clicks"
 ORDERS = "orders"
 DEAD_LETTERS = "dead_letters"
 TIER_EVENTS = "tier_events"
+LIMITED_CLICKS = "limited_clicks"
 
 KINDS: tuple[str, ...] = ("accrued", "reversed", "settled", "clawed_back")
 _KIND_SET = frozenset(KINDS)
@@ -149,6 +150,19 @@ def _dead_letter_values(r: Row) -> Values:
         r.get("detail") or "",
         r.get("raw") or "",
         _ts_or_none(r.get("ts")),
+    )
+
+
+def _limited_click_values(r: Row) -> Values:
+    """A fenxiao.clicks-limited record as limited_clicks values; absent optional fields become ''."""
+    return (
+        r["event_id"],
+        r["ts"],
+        r["visitor_id"],
+        r.get("ip") or "",
+        r["ref"],
+        r.get("campaign_id") or "",
+        r["reason"],
     )
 
 
@@ -292,6 +306,15 @@ TABLES: dict[str, _Table] = {
         TIER_EVENTS,
         ("event_id", "ts", "user_id", "tier"),
         _tier_values,
+        _first,
+        "event_id",
+        "DISTINCT event_id",
+        _first,
+    ),
+    LIMITED_CLICKS: _Table(
+        LIMITED_CLICKS,
+        ("event_id", "ts", "visitor_id", "ip", "ref", "campaign_id", "reason"),
+        _limited_click_values,
         _first,
         "event_id",
         "DISTINCT event_id",

@@ -1,4 +1,4 @@
-"""The ClickHouse sink agent: ledger, bindings, dead letters, clicks, orders and tiers into ClickHouse in batches."""
+"""The ClickHouse sink agent: ledger, bindings, dead letters, limited clicks and the input events, in batches."""
 
 from __future__ import annotations
 
@@ -10,14 +10,19 @@ from typing import Any
 from schemas.events import Invalid, decode
 from streams import names, runtime
 from streams.app import app
-from streams.sink import BINDINGS, CLICKS, DEAD_LETTERS, LEDGER, ORDERS, TIER_EVENTS, ClickHouseSink
+from streams.sink import BINDINGS, CLICKS, DEAD_LETTERS, LEDGER, LIMITED_CLICKS, ORDERS, TIER_EVENTS, ClickHouseSink
 from streams.topics import sink_sources_topic
 
 log = logging.getLogger(__name__)
 
 TAKE_MAX = 20_000
 TAKE_WITHIN_S = 1.0
-RETRY_PAUSE_S = 5.0
+RETRY_PAUSE_S = 5.0  # after a flush has used up the sink's own retries (5 attempts, 0.5 s doubling): pause, retry
+
+
+def longest_pause(sink: ClickHouseSink) -> float:
+    """The retry policy's longest wait between two insert attempts: how far ClickHouse may lag once it answers."""
+    return max([RETRY_PAUSE_S, *(sink.backoff(n) for n in range(1, sink.max_attempts))])
 
 
 def buffer_record(sink: ClickHouseSink, topic: str, raw: bytes | None) -> None:
@@ -30,6 +35,8 @@ def buffer_record(sink: ClickHouseSink, topic: str, raw: bytes | None) -> None:
         sink.add(BINDINGS, json.loads(raw))
     elif topic == names.DEAD_LETTERS:
         sink.add(DEAD_LETTERS, json.loads(raw))
+    elif topic == names.CLICKS_LIMITED:
+        sink.add(LIMITED_CLICKS, json.loads(raw))
     else:
         ev = decode(topic, raw)
         if not isinstance(ev, Invalid):

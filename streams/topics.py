@@ -18,6 +18,9 @@ bindings_topic = app.topic(
 dead_letters_topic = app.topic(
     names.DEAD_LETTERS, key_type=bytes, value_type=bytes, value_serializer="raw", key_serializer="raw"
 )
+clicks_limited_topic = app.topic(
+    names.CLICKS_LIMITED, key_type=bytes, value_type=bytes, value_serializer="raw", key_serializer="raw"
+)
 
 sink_sources_topic = app.topic(
     names.COMMISSIONS,
@@ -26,6 +29,7 @@ sink_sources_topic = app.topic(
     names.ORDERS,
     names.DEAD_LETTERS,
     names.TIERS,
+    names.CLICKS_LIMITED,
     key_type=bytes,
     value_type=bytes,
     value_serializer="raw",

@@ -39,6 +39,7 @@ def sink_rows(example: str) -> dict[str, list[dict[str, Any]]]:
     rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
     rows[S.LEDGER] = [dict(e) for e in run.entries]
     rows[S.BINDINGS] = [dict(b) for b in run.bindings]
+    rows[S.LIMITED_CLICKS] = [dict(c) for c in run.limited_clicks]
     for i, rec in enumerate(recs):
         ev = decode(rec["topic"], _raw(rec["value"]))
         if isinstance(ev, Invalid):

@@ -65,6 +65,7 @@ class Outputs:
     entries: list[dict[str, Any]] = field(default_factory=list)
     bindings: list[dict[str, Any]] = field(default_factory=list)
     dead_letters: list[dict[str, Any]] = field(default_factory=list)
+    limited_clicks: list[dict[str, Any]] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         """In expected.json's shape (entries deduplicated by entry_id, latest binding per user)."""
@@ -72,7 +73,7 @@ class Outputs:
 
 
 async def read_outputs(bootstrap: str, timeout: float = 5.0) -> Outputs:
-    """Read the three output topics from the beginning to their current end."""
+    """Read every output topic from the beginning to its current end."""
     c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
     await c.start()
     out = Outputs()
@@ -94,6 +95,7 @@ async def read_outputs(bootstrap: str, timeout: float = 5.0) -> Outputs:
                         names.COMMISSIONS: out.entries,
                         names.BINDINGS: out.bindings,
                         names.DEAD_LETTERS: out.dead_letters,
+                        names.CLICKS_LIMITED: out.limited_clicks,
                     }[tp.topic].append(v)
         # Bindings are compacted state: the latest per user wins; order them by ts within a user.
         out.bindings.sort(key=lambda b: b["ts"])
