@@ -479,9 +479,9 @@ def funnel(ch: ClickHouse, params: Mapping[str, str]) -> Report:
         [
             Column("distributor", "distributor", TEXT),
             Column("clicks", "clicks"),
+            Column("limited_clicks", "limited clicks"),
             Column("visitors", "distinct visitors"),
             Column("signups", "signups"),
-            Column("limited_clicks", "limited clicks"),
             Column("first_orders", "first orders"),
             Column("signup_rate_bps", "signup / visitor", BPS),
             Column("order_rate_bps", "first order / signup", BPS),
@@ -492,10 +492,10 @@ def funnel(ch: ClickHouse, params: Mapping[str, str]) -> Report:
             "signups: users who signed up bound to the distributor (a signup carries no campaign, so --campaign"
             " does not filter them); first orders: users bound to the distributor whose first accepted paid"
             " order falls in the campaign (or any, without --campaign); distinct visitors are uniq() estimates",
-        ],
-        Chart("bar", ("clicks", "visitors", "signups", "first_orders"), title="referral funnel"),
             "clicks: clicks counted for attribution; limited clicks: clicks over the click-spam limit ([clicks] in"
             " fenxiao.toml), which bind nobody and are not in clicks",
+        ],
+        Chart("bar", ("clicks", "visitors", "signups", "first_orders"), title="referral funnel"),
     )
 
 
