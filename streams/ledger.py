@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import heapq
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -182,6 +184,31 @@ class Balance:
     earned: int = 0
 
 
+class SettleIndex(dict[str, int]):
+    """Order id -> settle moment, with a heap beside it so each batch finds due orders without a full scan.
+
+    Writes push onto the heap; removals and changed moments leave stale heap entries that are skipped.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._heap: list[tuple[int, str]] = []
+
+    def __setitem__(self, order_id: str, settle_at_ms: int) -> None:
+        super().__setitem__(order_id, settle_at_ms)
+        heapq.heappush(self._heap, (settle_at_ms, order_id))
+
+    def pop_due(self, until_ms: int) -> Iterator[str]:
+        """Order ids due at or before until_ms, oldest first (ties by id), each current moment once."""
+        heap = self._heap
+        while heap and heap[0][0] <= until_ms:
+            at, order_id = heapq.heappop(heap)
+            while heap and heap[0] == (at, order_id):
+                heapq.heappop(heap)
+            if self.get(order_id) == at:
+                yield order_id
+
+
 class State:
     """Plain in-memory state; a store loads the slice a batch needs and writes back what changed."""
 
@@ -202,7 +229,7 @@ class State:
         self.limited_ids: set[str] = set()
         self.dirty_orders: set[str] = set()
         self.new_dead_ids: set[str] = set()
-        self.settle_index: dict[str, int] = {}
+        self.settle_index = SettleIndex()
 
     def _get(self, table: dict[str, T | None], key: str) -> T | None:
         if key in table:
@@ -543,9 +570,8 @@ class Ledger:
 
     def settle_due(self, until_ms: int) -> list[Entry]:
         """Settle every loaded order whose freeze ended at or before until_ms, oldest first."""
-        due = sorted((at, oid) for oid, at in self.state.settle_index.items() if at <= until_ms)
         entries: list[Entry] = []
-        for _, oid in due:
+        for oid in self.state.settle_index.pop_due(until_ms):
             order = self.state.order(oid)
             if order is not None and not order.settled:
                 entries.extend(self._settle(oid, order))
