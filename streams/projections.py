@@ -1,4 +1,4 @@
-"""Read models for the distributor API, staged inside each batch's MULTI/EXEC so they land exactly once.
+"""Read models for the distributor API, staged inside each batch's commit (one Lua call) so they land exactly once.
 
 Every projection only queues write commands on the batch's transaction pipeline (no reads: the
 transaction has not run yet); what it needs to know comes from the batch's entries, bindings and the

@@ -1,8 +1,9 @@
 """Redis as the engine's state: the referral tree, tiers, clicks and their rate counts, orders, balances, dead ids.
 
 A batch is read with one Lua call (users with their whole ancestor chain, so chain resolution and the
-cycle check need no further trips) and written back with one MULTI/EXEC, so either all of a batch's
-decisions land or none do. Layout: docs/redis.md.
+cycle check need no further trips) and written back with one more: the commit script checks the lease and
+the state epoch and then runs the batch's commands, atomically, so either all of a batch's decisions land
+or none do. Layout: docs/redis.md.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import WatchError
+from redis.commands.core import DataAccessCommands
 
 from schemas.events import Click, Event, Order, Signup, Tier
 from streams import names
@@ -171,6 +172,43 @@ class BatchRequest:
         return req
 
 
+_COMMIT_LUA = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return {'lease', holder} end
+local epoch = redis.call('GET', KEYS[2])
+if epoch ~= ARGV[2] then return {'epoch', epoch or ''} end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+local commands = cjson.decode(ARGV[4])
+for i = 1, #commands do redis.call(unpack(commands[i])) end
+return {'ok', tostring(#commands)}
+"""
+# Lua's unpack() handles a few thousand values; longer commands are split by whoever stages them.
+MAX_COMMAND_ARGS = 4000
+
+
+class StagedCommands(DataAccessCommands):
+    """Records redis-py commands (hset, xadd, zincrby, ...) as argument lists for the commit script.
+
+    Every argument becomes a string here, so the script never sees a Lua number (which would print a large
+    integer as 1e+15 and lose cents).
+    """
+
+    _event_dispatcher: Any = None  # redis-py's command protocol declares it; nothing is dispatched here
+
+    def __init__(self) -> None:
+        self.commands: list[list[str]] = []
+
+    def execute_command(self, *args: Any, **options: Any) -> None:
+        """Queue one command; redis-py's command methods all end here."""
+        if len(args) > MAX_COMMAND_ARGS:
+            raise ValueError(f"{args[0]} with {len(args)} arguments is too long for one scripted call")
+        self.commands.append([a.decode() if isinstance(a, bytes) else str(a) for a in args])
+
+    def payload(self) -> str:
+        """The commands as the script's JSON argument."""
+        return json.dumps(self.commands, ensure_ascii=False, separators=(",", ":"))
+
+
 class StateLost(RuntimeError):
     """Redis no longer holds the state this worker was applying to (flushed, or restarted empty)."""
 
@@ -231,6 +269,7 @@ class RedisStore:
         self._lock = asyncio.Lock()
         self.redis = aioredis.Redis.from_url(url, decode_responses=True)
         self._load = self.redis.register_script(_LOAD_LUA)
+        self._commit = self.redis.register_script(_COMMIT_LUA)
         self.click_ttl_ms = attribution_window_ms + CLICK_TTL_MARGIN_MS
         self.ip_clicks_ttl_ms = max(IP_CLICKS_TTL_WINDOWS * click_window_ms, IP_CLICKS_MIN_TTL_MS)
 
@@ -297,38 +336,27 @@ class RedisStore:
         """Extend the lease; raise if another worker took it (the timer keeps it alive between batches)."""
         await self._guarded(lambda p: None)
 
-    async def _check_lease(self, p: Any) -> None:
-        """WATCH the lease and the state epoch, so the transaction aborts if either changes before EXEC."""
-        await p.watch(names.KEY_LEASE, names.KEY_EPOCH)
-        holder = await p.get(names.KEY_LEASE)
-        if holder not in (None, self.owner):
-            raise LeaseLost(f"worker {holder} took over this Redis; this worker ({self.owner}) must stop")
-        epoch = await p.get(names.KEY_EPOCH)
-        if epoch != self.epoch:
-            raise StateLost(_state_lost_message(epoch))
+    async def _guarded(self, fill: Callable[[Any], None]) -> None:
+        """Run the commit script: renew the lease and apply the staged commands, only while lease and epoch are ours.
 
-    async def _guarded(self, fill: Callable[[Any], None], attempts: int = 3) -> None:
-        """Run one MULTI/EXEC that renews the lease, only while lease and epoch are ours.
-
-        The lock keeps this worker's own renewals and commits from aborting each other's WATCH; a
-        WatchError then means an outside change, and the next attempt's check says which.
+        One script call instead of WATCH + MULTI/EXEC: the check and the writes are atomic on the server, and
+        thousands of commands travel as one JSON argument instead of being packed and answered one by one.
+        The lock keeps this worker's renewals and commits in order.
         """
+        commands = StagedCommands()
+        fill(commands)
         async with self._lock:
-            for _ in range(attempts):
-                async with self.redis.pipeline(transaction=True) as p:
-                    await self._check_lease(p)
-                    p.multi()  # type: ignore[no-untyped-call]
-                    p.set(names.KEY_LEASE, self.owner, px=LEASE_TTL_MS)
-                    fill(p)
-                    try:
-                        await p.execute()
-                        return
-                    except WatchError:
-                        continue
-            raise LeaseLost(f"the lease or state epoch kept changing under this worker ({self.owner})")
+            verdict, found = await self._commit(
+                keys=[names.KEY_LEASE, names.KEY_EPOCH],
+                args=[self.owner, self.epoch, LEASE_TTL_MS, commands.payload()],
+            )
+        if verdict == "lease":
+            raise LeaseLost(f"worker {found} took over this Redis; this worker ({self.owner}) must stop")
+        if verdict == "epoch":
+            raise StateLost(_state_lost_message(found or None))
 
     async def commit(self, state: State, position: SeqKey | None, stage: Callable[[Any], None] | None = None) -> None:
-        """Write every change of the batch in one MULTI/EXEC, only while this worker holds the lease.
+        """Write every change of the batch in one atomic script call, only while this worker holds the lease.
 
         `stage` adds more commands to the same transaction (read models such as leaderboards), so they
         land exactly when the batch's state does: once. A retried attempt stages everything again.
@@ -377,8 +405,9 @@ class RedisStore:
             p.hincrby(k, "p", b.pending)
             p.hincrby(k, "a", b.available)
             p.hincrby(k, "l", b.earned)
-        if state.new_dead_ids:
-            p.sadd(names.KEY_DEAD, *state.new_dead_ids)
+        dead = sorted(state.new_dead_ids)
+        for i in range(0, len(dead), 1000):
+            p.sadd(names.KEY_DEAD, *dead[i : i + 1000])
         if position is not None:
             p.hset(names.KEY_SEQ, mapping={"applied": _key_str(position)})
 

@@ -4,7 +4,7 @@ Order of effects per batch, chosen for crash safety with at-least-once delivery:
 1. load the batch's state from Redis (one Lua call);
 2. apply the rules in memory (streams.ledger);
 3. produce every output and wait for the broker's acks (ids are deterministic, so a replay rewrites them);
-4. write the state back in one MULTI/EXEC (applied event ids go with it, so a replay is recognised);
+4. write the state back in one atomic Lua call (applied event ids go with it, so a replay is recognised);
 5. ack the input records, so their offsets can be committed.
 A crash before 4 replays the batch from the same state and produces the same records again; a crash
 after 4 replays events the state already shows as applied, which then change nothing.

@@ -103,7 +103,10 @@ def run(config_path: str | None, loglevel: str = "info", standby: bool = False) 
             raise WorkerError(str(e)) from e
         runtime.init(settings, program, ClickHouseSink(ch), owner, epoch)
         import faust
+        import uvloop
 
+        # uvloop for the worker's loops (faust's and its consumer thread's): cheaper socket I/O and callbacks.
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
         from streams import agents, report_views, sink_agent, timers, views  # noqa: F401  (registers agents, timers, pages)
         from streams.app import app
 
