@@ -14,7 +14,7 @@ STAMP := $(VENV)/.fenxiao-installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_GET := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: help venv deps run test lint fmt stack-up stack-down stack-status clean bench
+.PHONY: help venv deps run test lint fmt stack-up stack-down stack-status clean bench bench-rebuild
 
 help: ## list the targets
 	@echo "usage: make <target>"
@@ -67,6 +67,9 @@ fmt: venv ## format the code with ruff
 bench: venv deps ## benchmark on a private stack (~10 min): throughput, latency, backlog, memory, sink; BENCH_ARGS=--quick
 	$(BIN)/pip install -q --disable-pip-version-check 'py-spy>=0.4'
 	$(BIN)/python bench/pipeline_bench.py $(BENCH_ARGS)
+
+bench-rebuild: venv deps ## time a rebuild of Redis from the topics after FLUSHALL (~5 min, 100k users); BENCH_ARGS=--users 5000
+	$(BIN)/python bench/rebuild_bench.py $(BENCH_ARGS)
 
 stack-up: venv deps ## start Kafka and Redis for development (data in var/)
 	$(BIN)/fenxiao stack up
