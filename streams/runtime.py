@@ -7,6 +7,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from streams import names
 from streams.config import Program
 from streams.ledger import Binding, Entry, LimitedClick
 from streams.projections import default_projections
@@ -30,22 +31,20 @@ class FaustOutputs:
         dead: Sequence[DeadLetter],
         limited: Sequence[LimitedClick] = (),
     ) -> None:
-        """Produce commissions by beneficiary, bindings by user, dead letters as input, limited clicks by visitor."""
-        from streams.topics import bindings_topic, clicks_limited_topic, commissions_topic, dead_letters_topic
+        """Produce commissions by beneficiary, bindings by user, dead letters as input, limited clicks by visitor.
 
-        futs = []
-        for e in entries:
-            futs.append(
-                await commissions_topic.send(key=e.beneficiary_id.encode(), value=_json(e.as_record()), force=True)
-            )
-        for b in bindings:
-            futs.append(await bindings_topic.send(key=b.user_id.encode(), value=_json(b.as_record()), force=True))
-        for d in dead:
-            futs.append(await dead_letters_topic.send(key=d.key, value=_json(d.as_record()), force=True))
-        for c in limited:
-            futs.append(
-                await clicks_limited_topic.send(key=c.visitor_id.encode(), value=_json(c.as_record()), force=True)
-            )
+        Straight to faust's producer (the partitioner is the same): faust's Topic.send wraps every record
+        in channel and future objects that cost more than the record itself.
+        """
+        from streams.app import app
+
+        records: list[tuple[str, bytes | None, dict[str, object]]] = []
+        records.extend((names.COMMISSIONS, e.beneficiary_id.encode(), e.as_record()) for e in entries)
+        records.extend((names.BINDINGS, b.user_id.encode(), b.as_record()) for b in bindings)
+        records.extend((names.DEAD_LETTERS, d.key, d.as_record()) for d in dead)
+        records.extend((names.CLICKS_LIMITED, c.visitor_id.encode(), c.as_record()) for c in limited)
+        send = app.producer.send
+        futs = [await send(topic, key, _json(value), None, None, None) for topic, key, value in records]
         if futs:
             await asyncio.gather(*futs)
 
