@@ -12,6 +12,7 @@ app = faust.App(
     _s.app_id,
     broker=f"kafka://{_s.kafka}",
     store="memory://",
+    datadir=str(_s.var_dir / "faust"),  # faust creates it even with memory tables; keep it out of the cwd
     topic_partitions=_s.partitions,
     topic_allow_declare=False,
     topic_disable_leader=True,
