@@ -412,7 +412,12 @@ async def phase_latency(
     end, seen = await wait_entries(tail, want, quiet_s=max(5.0, 3 * grace), worker=worker, from_index=start_at)
     lat = latencies(prod, start_at, tail, exclude_last_s=2 * grace)
     achieved = rate(prod.orders, (prod.last_sent - prod.first_order))
+    status = worker.scenario.http_json(worker.port, "/status")
+    late_parts = {p["partition"]: p["late"] for p in status["partitions"] if p.get("late")}
+    if late_parts:
+        console.print(f"[yellow]late events by partition so far: {late_parts}[/]")
     return {
+        "late_events_so_far": status["late"],
         "offered_orders_per_s": orders_per_s,
         "achieved_produce_orders_per_s": achieved,
         "drained_orders_per_s": rate(prod.orders, end - prod.first_order),

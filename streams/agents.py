@@ -15,13 +15,19 @@ from streams.topics import clicks_topic, orders_topic, signups_topic, tiers_topi
 log = logging.getLogger(__name__)
 
 
-def _lag(tp: Any, offset: int) -> int | None:
-    """Records the broker holds beyond this one, when the consumer knows its highwater."""
+def consumer_highwater(tp: Any) -> int | None:
+    """The partition's end offset as of the consumer's latest fetch, None while it has not fetched it."""
     try:
         hw = app.consumer.highwater(tp)
     except Exception:
         return None
-    return None if hw is None or hw < 0 else max(hw - offset - 1, 0)
+    return None if hw is None or hw < 0 else int(hw)
+
+
+def _lag(tp: Any, offset: int) -> int | None:
+    """Records the broker holds beyond this one, when the consumer knows its highwater."""
+    hw = consumer_highwater(tp)
+    return None if hw is None else max(hw - offset - 1, 0)
 
 
 async def _feed(stream: Any, topic: str) -> None:
@@ -46,11 +52,11 @@ async def _feed(stream: Any, topic: str) -> None:
                 decoded.ts or format_ts(int(msg.timestamp * 1000)),
             )
             await seq.dead_letter_now(dl)
-            seq.aligner.touch(msg.tp, lag)
+            seq.aligner.touch(msg.tp, lag, msg.offset)
             event.ack()
             continue
         held = Held(decoded, topic, msg.tp.partition, msg.offset, msg.key, raw, event.ack)
-        seq.offer(msg.tp, rank, seq_key(rank, decoded), held, lag)
+        seq.offer(msg.tp, rank, seq_key(rank, decoded), held, lag, msg.offset)
 
 
 @app.agent(clicks_topic)
@@ -94,6 +100,7 @@ async def apply_in_sequence() -> None:
 def _on_assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
     """Track every assigned input partition, so an empty one still holds later events back until idle."""
     seq = runtime.get().sequencer
+    seq.aligner.highwater = consumer_highwater
     for tp in assigned:
         if tp.topic in names.TOPIC_RANK:
             seq.assign(tp, names.TOPIC_RANK[tp.topic])

@@ -14,6 +14,10 @@ CLICKS_LIMITED = "fenxiao.clicks-limited"  # clicks over the rate limit, not use
 INPUT_TOPICS: tuple[str, ...] = (TIERS, CLICKS, SIGNUPS, ORDERS)
 OUTPUT_TOPICS: tuple[str, ...] = (COMMISSIONS, BINDINGS, DEAD_LETTERS, CLICKS_LIMITED)
 
+# What the ClickHouse sink reads (signups reach ClickHouse as bindings), with its own consumer group.
+SINK_SOURCES: tuple[str, ...] = (COMMISSIONS, BINDINGS, CLICKS, ORDERS, DEAD_LETTERS, TIERS, CLICKS_LIMITED)
+SINK_GROUP_SUFFIX = ".sink"
+
 # Same-ts tie-break of the spec: tiers < clicks < signups < orders.
 TOPIC_RANK: dict[str, int] = {TIERS: 0, CLICKS: 1, SIGNUPS: 2, ORDERS: 3}
 

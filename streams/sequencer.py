@@ -148,10 +148,12 @@ class Sequencer:
         """A partition went to another worker: forget its held events unacked, the new owner reads them."""
         self.aligner.revoke(tp)
 
-    def offer(self, tp: Hashable, rank: int, key: SeqKey, held: Held, lag: int | None) -> None:
+    def offer(
+        self, tp: Hashable, rank: int, key: SeqKey, held: Held, lag: int | None, offset: int | None = None
+    ) -> None:
         """Hold a decoded event until alignment releases it."""
         self.aligner.assign(tp, rank)
-        self.aligner.add(tp, key, held, lag)
+        self.aligner.add(tp, key, held, lag, offset)
         self.wakeup.set()
 
     async def dead_letter_now(self, dl: DeadLetter) -> None:
@@ -253,7 +255,8 @@ class Sequencer:
 
     def status(self) -> dict[str, object]:
         """What the loop holds and has done, for /status and the demo's live view."""
-        frontier = self.aligner.frontier()
+        marks = self.aligner.watermarks()
+        frontier = min(marks.values(), default=INF_KEY)
         return {
             "held": len(self.aligner),
             "late": self.aligner.late,
@@ -271,7 +274,8 @@ class Sequencer:
                     "last_ts": None if p.last_ts_ms is None else format_ts(p.last_ts_ms),
                     "lag": p.lag,
                     "held": p.buffered,
-                    "idle": p.watermark(self.clock(), self.aligner.grace) == INF_KEY,
+                    "late": p.late,
+                    "idle": marks[tp] == INF_KEY,
                 }
                 for tp, p in sorted(self.aligner.parts.items(), key=lambda kv: str(kv[0]))
             ],

@@ -21,17 +21,3 @@ dead_letters_topic = app.topic(
 clicks_limited_topic = app.topic(
     names.CLICKS_LIMITED, key_type=bytes, value_type=bytes, value_serializer="raw", key_serializer="raw"
 )
-
-sink_sources_topic = app.topic(
-    names.COMMISSIONS,
-    names.BINDINGS,
-    names.CLICKS,
-    names.ORDERS,
-    names.DEAD_LETTERS,
-    names.TIERS,
-    names.CLICKS_LIMITED,
-    key_type=bytes,
-    value_type=bytes,
-    value_serializer="raw",
-    key_serializer="raw",
-)

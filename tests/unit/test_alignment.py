@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from streams.alignment import INF_KEY, Aligner
+from streams.alignment import ARRIVAL_WAIT_S, INF_KEY, Aligner
 
 
 class Clock:
@@ -103,6 +103,30 @@ def test_idle_partition_releases_after_grace_but_not_while_it_has_lag() -> None:
     assert al.frontier() == INF_KEY
 
 
+@pytest.mark.parametrize(
+    ("highwater", "idle"),
+    [
+        (None, True),  # the consumer has not fetched the partition: fall back to the lag seen with the record
+        (6, True),  # the record at offset 5 was the last one
+        (7, False),  # one more record was fetched (queued in faust) or appended since
+        (40, False),
+    ],
+)
+def test_a_quiet_partition_is_idle_only_if_the_consumers_highwater_says_nothing_follows(
+    highwater: int | None, idle: bool
+) -> None:
+    """The lag seen with the last record goes stale: a later fetch may have found more, still queued."""
+    clock = Clock()
+    al = Aligner(grace_seconds=1, clock=clock, highwater=lambda tp: highwater if tp == "tiers" else None)
+    al.assign("orders", 3)
+    al.assign("tiers", 0)
+    al.add("tiers", (90, 0, "t1"), "t1", lag=0, offset=5)
+    al.add("orders", (100, 3, "o1"), "o1", lag=0)
+    clock.t += 2
+    released = [k for k, _ in al.release(10)]
+    assert released == ([(90, 0, "t1"), (100, 3, "o1")] if idle else [])
+
+
 def test_revoke_hands_back_that_partitions_events() -> None:
     clock = Clock()
     al = Aligner(grace_seconds=10, clock=clock)
@@ -125,3 +149,38 @@ def test_late_event_is_released_and_counted() -> None:
     clock.t += 2
     assert [k for k, _ in al.release(10)] == [(50, 3, "late")]
     assert al.late == 1
+
+
+def test_an_event_waits_before_passing_a_partition_that_has_been_quiet_for_long() -> None:
+    """A burst after a quiet hour: the record of the quiet partition, produced first, may arrive second."""
+    clock = Clock()
+    al = Aligner(grace_seconds=1, clock=clock)
+    al.assign("p1", 3)
+    al.assign("p2", 3)
+    al.add("p1", (10, 3, "old1"), "old1", lag=0)
+    al.add("p2", (11, 3, "old2"), "old2", lag=0)
+    clock.t += 3600
+    assert [k for k, _ in al.release(10)] == [(10, 3, "old1"), (11, 3, "old2")]
+    al.add("p2", (5000, 3, "b"), "b", lag=0)
+    clock.t += ARRIVAL_WAIT_S / 2
+    assert al.release(10) == []
+    al.add("p1", (4999, 3, "a"), "a", lag=0)
+    clock.t += ARRIVAL_WAIT_S / 2
+    assert al.release(10) == []
+    clock.t += 1.0
+    assert [k for k, _ in al.release(10)] == [(4999, 3, "a"), (5000, 3, "b")]
+    assert al.late == 0
+
+
+def test_no_wait_for_an_idle_partition_that_is_already_past_the_event() -> None:
+    """A quiet partition whose last record is later than the event can deliver nothing earlier: no wait."""
+    clock = Clock()
+    al = Aligner(grace_seconds=1, clock=clock)
+    al.assign("p1", 3)
+    al.assign("p2", 3)
+    al.add("p1", (9000, 3, "late-ts"), "x", lag=0)
+    clock.t += 5
+    al.release(10)
+    al.add("p2", (8000, 3, "e"), "e", lag=0)
+    al.add("p2", (8001, 3, "f"), "f", lag=0)
+    assert [k for k, _ in al.release(10)] == [(8000, 3, "e")]
