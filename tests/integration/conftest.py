@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import shutil
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,18 +41,5 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[stack_mod.Runnin
 @pytest.fixture
 def pipe(stack: Any, tmp_path: Path) -> Iterator[Env]:
     """Empty topics, an empty Redis db and a new consumer group for each test."""
-    import redis
-
-    asyncio.run(scenario.reset_topics(stack.bootstrap, 4))
-    redis.Redis.from_url(stack.redis_url).flushdb()
-    (port,) = stack_mod.pick_free_ports(1)
-    env = {
-        "FENXIAO_KAFKA": stack.bootstrap,
-        "FENXIAO_REDIS_URL": stack.redis_url,
-        "FENXIAO_APP_ID": f"fx-test-{uuid.uuid4().hex[:8]}",
-        "FENXIAO_WEB_PORT": str(port),
-        "FENXIAO_VAR_DIR": str(tmp_path / "var"),
-        "FENXIAO_PARTITIONS": "4",
-    }
-    yield Env(stack, env, tmp_path, port)
+    yield scenario.fresh_env(stack, tmp_path, "test")
     shutil.rmtree(tmp_path / "var", ignore_errors=True)

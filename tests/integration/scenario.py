@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,6 +138,15 @@ class WorkerProcess:
             start_new_session=True,
         )
         return self
+
+    def run_to_exit(self, timeout: float = 120) -> int:
+        """Start a worker that is meant to end by itself (a fault injection, a refusal) and return its exit code."""
+        self.start()
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self.kill()
 
     def kill(self) -> None:
         """SIGKILL: no shutdown hooks, no final commit."""
@@ -284,3 +294,23 @@ class Env:
                 await s.close()
 
         return asyncio.run(read())
+
+
+def fresh_env(stack: Any, tmp: Path, label: str) -> Env:
+    """Empty topics and Redis db, a new consumer group, HTTP port and data dir: one test's private pipeline."""
+    import redis
+
+    from streams import stack as stack_mod
+
+    asyncio.run(reset_topics(stack.bootstrap, 4))
+    redis.Redis.from_url(stack.redis_url).flushdb()
+    (port,) = stack_mod.pick_free_ports(1)
+    env = {
+        "FENXIAO_KAFKA": stack.bootstrap,
+        "FENXIAO_REDIS_URL": stack.redis_url,
+        "FENXIAO_APP_ID": f"fx-{label}-{uuid.uuid4().hex[:8]}",
+        "FENXIAO_WEB_PORT": str(port),
+        "FENXIAO_VAR_DIR": str(tmp / "var"),
+        "FENXIAO_PARTITIONS": "4",
+    }
+    return Env(stack, env, tmp, port)

@@ -23,7 +23,6 @@ import pytest
 import yaml
 
 from streams import auth
-from streams import stack as stack_mod
 from tests.integration import scenario
 from tests.integration.scenario import Env, WorkerProcess
 
@@ -74,25 +73,8 @@ def validate(template: str, status: int, data: Any) -> None:
 @pytest.fixture(scope="module")
 def api(stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     """The basic example applied once; the tests below only read, except the feed tests at the end."""
-    import redis
-
     tmp = tmp_path_factory.mktemp("api")
-    asyncio.run(scenario.reset_topics(stack.bootstrap, 4))
-    redis.Redis.from_url(stack.redis_url).flushdb()
-    (port,) = stack_mod.pick_free_ports(1)
-    env = Env(
-        stack,
-        {
-            "FENXIAO_KAFKA": stack.bootstrap,
-            "FENXIAO_REDIS_URL": stack.redis_url,
-            "FENXIAO_APP_ID": f"fx-api-{uuid.uuid4().hex[:8]}",
-            "FENXIAO_WEB_PORT": str(port),
-            "FENXIAO_VAR_DIR": str(tmp / "var"),
-            "FENXIAO_PARTITIONS": "4",
-        },
-        tmp,
-        port,
-    )
+    env = scenario.fresh_env(stack, tmp, "api")
     w = env.worker(EXAMPLE)
     try:
         env.produce(scenario.load_records(EXAMPLE))

@@ -10,7 +10,6 @@ which stops the worker and opens its chDB) every ClickHouse table still there wi
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
@@ -18,7 +17,6 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,7 +29,6 @@ import pytest
 import yaml
 
 from streams import auth, names, reports
-from streams import stack as stack_mod
 from streams.cli import build_parser
 from streams.clickhouse import ChdbBackend
 from tests.integration import scenario
@@ -348,25 +345,9 @@ def chdb_dir(env: Env) -> Path:
 @pytest.fixture(scope="module")
 def hostile(stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hostile]:
     """Apply the example, stop to count chDB rows, restart the worker; the tests below only read."""
-    import redis
-
     tmp = tmp_path_factory.mktemp("hostile")
-    asyncio.run(scenario.reset_topics(stack.bootstrap, 4))
-    redis.Redis.from_url(stack.redis_url).flushdb()
-    (port,) = stack_mod.pick_free_ports(1)
-    env = Env(
-        stack,
-        {
-            "FENXIAO_KAFKA": stack.bootstrap,
-            "FENXIAO_REDIS_URL": stack.redis_url,
-            "FENXIAO_APP_ID": f"fx-hostile-{uuid.uuid4().hex[:8]}",
-            "FENXIAO_WEB_PORT": str(port),
-            "FENXIAO_VAR_DIR": str(tmp / "var"),
-            "FENXIAO_PARTITIONS": "4",
-        },
-        tmp,
-        port,
-    )
+    env = scenario.fresh_env(stack, tmp, "hostile")
+    port = env.web_port
     w = env.worker(EXAMPLE)
     try:
         env.produce(scenario.load_records(EXAMPLE))

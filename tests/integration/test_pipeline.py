@@ -102,12 +102,8 @@ def crash_and_recover(pipe: Env, example: str, point: str, batch: int, batch_siz
         pipe.config(example),
         {**pipe.env, "FENXIAO_BATCH_SIZE": str(batch_size), "FENXIAO_CRASH_AT": f"{point}:{batch}"},
         pipe.tmp / "worker.log",
-    ).start()
-    assert w.proc is not None
-    try:
-        rc = w.proc.wait(120)
-    finally:
-        w.kill()
+    )
+    rc = w.run_to_exit()
     assert rc == -9, f"the worker should have killed itself at {point} of batch {batch}, exit {rc}:\n{w.log_tail()}"
     w2 = pipe.worker(example, FENXIAO_BATCH_SIZE=str(batch_size))
     try:

@@ -164,12 +164,8 @@ def test_sigkill_right_after_a_ledger_insert_before_the_ack(pipe: Env) -> None:
     pipe.produce(scenario.load_records(EXAMPLE))
     w = scenario.WorkerProcess(
         pipe.config(EXAMPLE), {**pipe.env, names.ENV_CRASH_AT: f"sink_insert.{LEDGER}:1"}, pipe.tmp / "worker.log"
-    ).start()
-    assert w.proc is not None
-    try:
-        rc = w.proc.wait(120)
-    finally:
-        w.kill()
+    )
+    rc = w.run_to_exit()
     assert rc == -9, f"the worker should have killed itself after its first ledger insert, exit {rc}:\n{w.log_tail()}"
     killed = re.search(rf"SIGKILL after sink insert \d+ \({LEDGER}, (\d+) rows\)", w.log.read_text(errors="replace"))
     assert killed, w.log_tail()
@@ -194,12 +190,8 @@ def test_sigkill_right_after_an_orders_insert_before_the_ack(pipe: Env) -> None:
     pipe.produce(scenario.load_records(EXAMPLE))
     w = scenario.WorkerProcess(
         pipe.config(EXAMPLE), {**pipe.env, names.ENV_CRASH_AT: "sink_insert.orders:1"}, pipe.tmp / "worker.log"
-    ).start()
-    assert w.proc is not None
-    try:
-        rc = w.proc.wait(120)
-    finally:
-        w.kill()
+    )
+    rc = w.run_to_exit()
     assert rc == -9, f"the worker should have killed itself after its first orders insert, exit {rc}:\n{w.log_tail()}"
     w2 = pipe.worker(EXAMPLE)
     try:
