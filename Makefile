@@ -14,7 +14,7 @@ STAMP := $(VENV)/.fenxiao-installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_GET := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: help venv deps run test lint fmt stack-up stack-down stack-status clean bench bench-rebuild
+.PHONY: help venv deps run test test-faults lint fmt stack-up stack-down stack-status clean bench bench-rebuild
 
 help: ## list the targets
 	@echo "usage: make <target>"
@@ -56,6 +56,17 @@ run: venv deps ## run the demo (fenxiao demo)
 
 test: venv deps lint ## lint, then all tests (integration tests start their own private Kafka and Redis)
 	$(BIN)/pytest -q tests
+
+# The fault tests of issue 6: kills, Redis loss, broker restart, ClickHouse failures, standby handover, fuzzing.
+FAULT_TESTS := tests/integration/test_faults.py tests/integration/test_sink_faults.py tests/integration/test_pipeline.py
+RUNS ?= 5
+
+test-faults: venv deps ## run the fault tests RUNS times in a row (default 5), stopping at the first failure
+	@for i in $$(seq 1 $(RUNS)); do \
+	  start=$$(date +%s); \
+	  $(BIN)/pytest -q $(FAULT_TESTS) -k "not test_live and not test_backlog" || { echo "fault run $$i of $(RUNS) FAILED"; exit 1; }; \
+	  echo "fault run $$i of $(RUNS): passed in $$(( $$(date +%s) - start )) s"; \
+	done
 
 lint: venv ## ruff check and mypy --strict
 	$(BIN)/ruff check streams schemas tests
