@@ -19,6 +19,9 @@ app = faust.App(
     consumer_auto_offset_reset="earliest",
     stream_wait_empty=False,
     broker_commit_interval=1.0,
+    # faust's default is 60 s: a SIGKILLed worker's partitions would wait a minute for its replacement.
+    broker_session_timeout=10.0,
+    broker_heartbeat_interval=3.0,
     producer_acks=-1,
     producer_linger_ms=5,
     web_enabled=True,

@@ -59,6 +59,7 @@ class Runtime:
     sequencer: Sequencer
     sink: ClickHouseSink
     sink_written: dict[str, int] = field(default_factory=dict)
+    sink_lag: int | None = None  # records the sink has still to read; None until its consumer is assigned
 
 
 _runtime: Runtime | None = None

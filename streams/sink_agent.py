@@ -83,6 +83,20 @@ async def take(consumer: Any) -> list[Any]:
     return out
 
 
+async def lag(consumer: Any) -> int | None:
+    """Records the sink has still to read, None until it is assigned and has fetched every partition once."""
+    parts = consumer.assignment()
+    if not parts:
+        return None
+    total = 0
+    for tp in parts:
+        hw = consumer.highwater(tp)
+        if hw is None:
+            return None
+        total += max(0, hw - await consumer.position(tp))
+    return total
+
+
 @app.task  # type: ignore[untyped-decorator]
 async def sink_to_clickhouse() -> None:
     """Batch rows per poll and write each batch once; offsets are committed only after the write."""
@@ -100,6 +114,7 @@ async def sink_to_clickhouse() -> None:
         while not app.should_stop:
             batch = await take(consumer)
             if not batch:
+                rt.sink_lag = await lag(consumer)
                 continue
             for record in batch:
                 buffer_record(rt.sink, record.topic, record.value)
@@ -108,5 +123,6 @@ async def sink_to_clickhouse() -> None:
                 await consumer.commit()
             except CommitFailedError as e:
                 log.warning("ClickHouse sink: offsets not committed (%s); the rows are stored, a re-read skips them", e)
+            rt.sink_lag = await lag(consumer)
     finally:
         await consumer.stop()

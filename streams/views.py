@@ -22,4 +22,4 @@ async def status(web: Any, request: Any) -> Any:
     except api.ApiError as e:
         return api.error_response(web, e)
     rt = runtime.get()
-    return web.json({**rt.sequencer.status(), "sink_rows_written": rt.sink_written})
+    return web.json({**rt.sequencer.status(), "sink_rows_written": rt.sink_written, "sink_lag": rt.sink_lag})

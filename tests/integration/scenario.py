@@ -215,12 +215,13 @@ def wait_http(port: int, path: str, timeout: float, proc: WorkerProcess, token: 
 
 
 def wait_sink_quiet(port: int, quiet_s: float, timeout: float) -> None:
-    """Wait until the worker's sink has written nothing new for quiet_s (it flushes at least every second)."""
+    """Wait until the worker's sink has read everything there is and written nothing new for quiet_s."""
     deadline = time.monotonic() + timeout
     last, since = None, time.monotonic()
     while time.monotonic() < deadline:
-        now_written = http_json(port, "/status")["sink_rows_written"]
-        if now_written != last:
+        status = http_json(port, "/status")
+        now_written = status["sink_rows_written"], status["sink_lag"]
+        if now_written != last or status["sink_lag"] != 0:
             last, since = now_written, time.monotonic()
         elif time.monotonic() - since >= quiet_s:
             return
