@@ -5,7 +5,7 @@ FENXIAO_SINK_FAULT (what a chDB error or an unreachable server looks like to the
   lost-ack:N       the first N inserts write their rows, then raise (a timeout after the server committed)
   fail-while:PATH  every insert attempt raises while PATH exists: the test decides when the outage ends
 FENXIAO_CRASH_AT=sink_insert:N (or sink_insert.TABLE:N, counting that table's inserts only) kills the
-worker with SIGKILL right after the N-th insert has written its rows, before the sink agent returns and
+worker with SIGKILL right after the N-th insert has written its rows, before the sink task returns and
 its batch's offsets are acked: the replay that follows is the worst case for double counting.
 """
 
