@@ -110,12 +110,14 @@ async def _top_earners(redis_url: str, n: int = 8) -> list[tuple[str, int, int]]
     return rows[:n]
 
 
-def _view(status: dict[str, Any], produced: int, total: int, rate: float, top: list[tuple[str, int, int]]) -> Group:
+def _view(
+    status: dict[str, Any], produced: int, total: int, events_per_s: float, top: list[tuple[str, int, int]]
+) -> Group:
     head = Table.grid(padding=(0, 3))
     head.add_row(
         f"[bold]produced[/] {produced:,}/{total:,}",
         f"[bold]applied[/] {status.get('applied', 0):,}",
-        f"[bold]events/s[/] {rate:,.0f}",
+        f"[bold]events/s[/] {events_per_s:,.0f}",
         f"[bold]entries[/] {status.get('entries', 0):,}",
         f"[bold]dead letters[/] {status.get('dead_letters', 0):,}",
         f"[bold]held[/] {status.get('held', 0):,}",
@@ -262,7 +264,7 @@ async def _live(
 
     task = asyncio.create_task(counted())
     last_applied, last_t = 0, time.monotonic()
-    rate = 0.0
+    events_per_s = 0.0
     with Live(console=console, refresh_per_second=4) as live:
         while True:
             status: dict[str, Any] = {}
@@ -270,10 +272,10 @@ async def _live(
                 status = await asyncio.to_thread(_get, port, "/status")
             now = time.monotonic()
             applied = int(status.get("applied", last_applied))
-            rate = 0.7 * rate + 0.3 * (applied - last_applied) / max(now - last_t, 1e-3)
+            events_per_s = 0.7 * events_per_s + 0.3 * (applied - last_applied) / max(now - last_t, 1e-3)
             last_applied, last_t = applied, now
             top = await _top_earners(redis_url)
-            live.update(_view(status, produced, len(records), rate, top))
+            live.update(_view(status, produced, len(records), events_per_s, top))
             if task.done() and status.get("held", 1) == 0 and applied >= produced - status.get("dead_letters", 0):
                 break
             await asyncio.sleep(1.0)

@@ -142,14 +142,14 @@ def progress_bar(what: str = "records") -> Progress:
 
 
 class _Pacer:
-    """Sleeps so that sending keeps under `rate` records/s and/or follows event time at `speed`x."""
+    """Sleeps so that sending keeps under `records_per_s` and/or follows event time at `speed`x."""
 
-    def __init__(self, rate: float | None, speed: float | None) -> None:
-        if rate is not None and rate <= 0:
+    def __init__(self, records_per_s: float | None, speed: float | None) -> None:
+        if records_per_s is not None and records_per_s <= 0:
             raise ValueError("rate must be > 0 records/s")
         if speed is not None and speed <= 0:
             raise ValueError("realtime speed must be > 0 (1.0 = real time)")
-        self.rate, self.speed = rate, speed
+        self.records_per_s, self.speed = records_per_s, speed
         self.loop = asyncio.get_running_loop()
         self.start = self.loop.time()
         self.ts0: int | None = None
@@ -157,7 +157,7 @@ class _Pacer:
 
     async def wait(self, n: int, value: Any) -> bool:
         """Wait before the n-th record (0-based); True if it slept."""
-        due = self.start + n / self.rate if self.rate else 0.0
+        due = self.start + n / self.records_per_s if self.records_per_s else 0.0
         if self.speed:
             ts = _ts_ms(value)
             if ts is not None:
@@ -175,13 +175,13 @@ async def produce(
     bootstrap: str,
     records: Iterable[dict[str, Any]],
     *,
-    rate: float | None = None,
+    records_per_s: float | None = None,
     realtime_speed: float | None = None,
     progress: bool = True,
     total: int | None = None,
 ) -> int:
     """Send every record (acks=all, idempotent, keyed), wait for all acks, and return how many were sent."""
-    pacer = _Pacer(rate, realtime_speed) if rate or realtime_speed else None
+    pacer = _Pacer(records_per_s, realtime_speed) if records_per_s or realtime_speed else None
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap,
         client_id="fenxiao-replay",
@@ -266,7 +266,7 @@ def count_records(path: str | Path) -> int:
     return n
 
 
-def run_replay(path: str, bootstrap: str, rate: float | None, speed: float | None) -> int:
+def run_replay(path: str, bootstrap: str, records_per_s: float | None, speed: float | None) -> int:
     """The CLI's entry: validate the file, then produce it; returns the number of records sent."""
     if not os.path.isfile(path):
         raise FileNotFoundError(path)
@@ -274,4 +274,5 @@ def run_replay(path: str, bootstrap: str, rate: float | None, speed: float | Non
     if not aiokafka_log.handlers:
         aiokafka_log.addHandler(logging.NullHandler())  # we report failures ourselves, in one line
     total = count_records(path)
-    return asyncio.run(produce(bootstrap, read_jsonl(path), rate=rate, realtime_speed=speed, total=total))
+    records = read_jsonl(path)
+    return asyncio.run(produce(bootstrap, records, records_per_s=records_per_s, realtime_speed=speed, total=total))

@@ -82,7 +82,7 @@ async def test_rate_and_realtime_speed_pace_the_send(stack: Any, private_topics:
         return {"topic": topic, "key": f"v{i}", "value": {"event_id": f"c{i}", "ts": ts, "visitor_id": f"v{i}"}}
 
     t0 = time.monotonic()
-    await replay.produce(stack.bootstrap, [click(i, 0) for i in range(300)], rate=500, progress=False)
+    await replay.produce(stack.bootstrap, [click(i, 0) for i in range(300)], records_per_s=500, progress=False)
     assert time.monotonic() - t0 >= 0.5  # 300 records at 500/s: at least 0.6 s less the first send
 
     t0 = time.monotonic()
