@@ -159,14 +159,20 @@ def test_failed_inserts_are_retried_and_land_exactly_once(pipe: Env, fault: str)
     assert_nothing_doubled(pipe)
 
 
-def test_sigkill_right_after_a_ledger_insert_before_the_ack(pipe: Env) -> None:
-    """The worker dies once its first ledger rows are in ClickHouse, offsets unacked: the replay must skip them."""
+def _killed_after_first_insert(pipe: Env, table: str) -> scenario.WorkerProcess:
+    """Produce the example to a worker that SIGKILLs itself right after its first insert into `table`."""
     pipe.produce(scenario.load_records(EXAMPLE))
     w = scenario.WorkerProcess(
-        pipe.config(EXAMPLE), {**pipe.env, names.ENV_CRASH_AT: f"sink_insert.{LEDGER}:1"}, pipe.tmp / "worker.log"
+        pipe.config(EXAMPLE), {**pipe.env, names.ENV_CRASH_AT: f"sink_insert.{table}:1"}, pipe.tmp / "worker.log"
     )
     rc = w.run_to_exit()
-    assert rc == -9, f"the worker should have killed itself after its first ledger insert, exit {rc}:\n{w.log_tail()}"
+    assert rc == -9, f"the worker should have killed itself after its first {table} insert, exit {rc}:\n{w.log_tail()}"
+    return w
+
+
+def test_sigkill_right_after_a_ledger_insert_before_the_ack(pipe: Env) -> None:
+    """The worker dies once its first ledger rows are in ClickHouse, offsets unacked: the replay must skip them."""
+    w = _killed_after_first_insert(pipe, LEDGER)
     killed = re.search(rf"SIGKILL after sink insert \d+ \({LEDGER}, (\d+) rows\)", w.log.read_text(errors="replace"))
     assert killed, w.log_tail()
     before_kill = int(killed.group(1))
@@ -187,12 +193,7 @@ def test_sigkill_right_after_a_ledger_insert_before_the_ack(pipe: Env) -> None:
 
 def test_sigkill_right_after_an_orders_insert_before_the_ack(pipe: Env) -> None:
     """Same kill after the first orders insert (campaign_minute sums orders): exact after the restart."""
-    pipe.produce(scenario.load_records(EXAMPLE))
-    w = scenario.WorkerProcess(
-        pipe.config(EXAMPLE), {**pipe.env, names.ENV_CRASH_AT: "sink_insert.orders:1"}, pipe.tmp / "worker.log"
-    )
-    rc = w.run_to_exit()
-    assert rc == -9, f"the worker should have killed itself after its first orders insert, exit {rc}:\n{w.log_tail()}"
+    _killed_after_first_insert(pipe, "orders")
     w2 = pipe.worker(EXAMPLE)
     try:
         out, diff = pipe.outcome(scenario.load_expected(EXAMPLE))
