@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
-import redis.asyncio as aioredis
 from aiohttp import web as aioweb
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from streams import auth, names
+from streams import auth, names, redis_conn
 from streams.app import app
 from streams.projections import (
     METRICS,
@@ -50,7 +49,7 @@ def redis() -> Any:
     """The views' own pool (blocking XREADs must not starve the sequencer's connections); decoded str replies."""
     global _redis
     if _redis is None:
-        _redis = aioredis.Redis.from_url(get_settings().redis_url.get_secret_value(), decode_responses=True)
+        _redis = redis_conn.connect_async(get_settings().redis_url.get_secret_value(), decode_responses=True)
     return _redis
 
 

@@ -78,23 +78,17 @@ def _cents(c: int) -> str:
 
 async def _reset(bootstrap: str, redis_url: str, partitions: int) -> None:
     """Empty the demo's topics and Redis db, so every demo starts from nothing."""
-    import redis.asyncio as aioredis
-
-    from streams import stack
+    from streams import redis_conn, stack
 
     await stack.recreate_topics(bootstrap, partitions)
-    r = aioredis.Redis.from_url(redis_url)
-    try:
-        await r.flushdb()
-    finally:
-        await r.aclose()
+    await redis_conn.flush_async(redis_url)
 
 
 async def _top_earners(redis_url: str, n: int = 8) -> list[tuple[str, int, int]]:
     """(user, pending, available) of the biggest earners, straight from the balances in Redis."""
-    import redis.asyncio as aioredis
+    from streams import redis_conn
 
-    r = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    r = redis_conn.connect_async(redis_url, decode_responses=True)
     rows = []
     try:
         keys = [k async for k in r.scan_iter(match=names.KEY_BALANCE + "*", count=2000)]
@@ -284,9 +278,9 @@ async def _live(
 
 def _wait_settled(port: int, redis_url: str, timeout: float) -> None:
     """Wait for the last freezes to end, so the report shows settled money too."""
-    import redis
+    from streams import redis_conn
 
-    r = redis.Redis.from_url(redis_url)
+    r = redis_conn.connect(redis_url)
     deadline = time.monotonic() + timeout
     with console.status("waiting for the last orders' freeze to end (settlement)…"):
         while time.monotonic() < deadline and r.zcard(names.KEY_SETTLE) > 0:

@@ -48,8 +48,11 @@ KEY_ORDER = "fx:o:"  # + order_id -> hash (locked order state, JSON in field s)
 KEY_BALANCE = "fx:b:"  # + user_id -> hash (p pending, a available, l lifetime)
 KEY_DEAD = "fx:dl"  # set of event ids already dead-lettered (a redelivery does not repeat them)
 KEY_SETTLE = "fx:settle"  # zset order_id -> settle_at ms, completed but not settled
-KEY_EPOCH = "fx:epoch"  # string: set once the state is complete; its absence means Redis lost (or never had) it
-KEY_LEASE = "fx:lease"  # string: the one worker allowed to apply events to this Redis, with a TTL
+# The lease, epoch and journal share the hash tag {m}: on a Redis Cluster one script checks and writes them together.
+KEY_EPOCH = "fx:{m}:epoch"  # string: set once the state is complete; its absence means Redis lost (or never had) it
+KEY_LEASE = "fx:{m}:lease"  # string: the one worker allowed to apply events to this Redis, with a TTL
+KEY_JOURNAL = "fx:{m}:journal"  # hash (cluster only): seq, commands of the last batch, redone after a crash
+KEY_SLOT_MARK = "fx:sm:"  # + "{tag}" (cluster only), one per hash slot -> string "epoch|journal seq applied there"
 KEY_SEQ = "fx:seq"  # hash: the sequencer's last applied key, for operators
 ENV_SHARE_BASE_URL = "FENXIAO_SHARE_BASE_URL"
 

@@ -16,7 +16,7 @@ import redis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
-from streams import names
+from streams import names, redis_conn
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +36,10 @@ async def rewind_inputs(bootstrap: str, group: str) -> dict[str, int]:
         await c.stop()
 
 
-def ensure_state(redis_url: str, bootstrap: str, group: str) -> tuple[str, bool]:
+def ensure_state(redis_url: str, bootstrap: str, group: str, owner: str = "") -> tuple[str, bool]:
     """The state epoch; if Redis has none, rewind the inputs first and then create it. Returns (epoch, rebuilt)."""
+    if redis_conn.is_cluster(redis_url):
+        return _ensure_cluster_state(redis_url, bootstrap, group, owner)
     r = redis.Redis.from_url(redis_url, decode_responses=True)
     try:
         epoch = r.get(names.KEY_EPOCH)
@@ -48,6 +50,36 @@ def ensure_state(redis_url: str, bootstrap: str, group: str) -> tuple[str, bool]
         new = uuid.uuid4().hex
         if not r.set(names.KEY_EPOCH, new, nx=True):
             return str(r.get(names.KEY_EPOCH)), True
+        return new, True
+    finally:
+        r.close()
+
+
+def _ensure_cluster_state(redis_url: str, bootstrap: str, group: str, owner: str) -> tuple[str, bool]:
+    """ensure_state on a cluster: a node that lost its slots (markers gone) means the whole state is rebuilt.
+
+    The surviving nodes' keys would disagree with the replay, so every primary is emptied first; the
+    lease (emptied with it) is put back for `owner` at once.
+    """
+    from streams.redis_cluster import fence_slots, slots_lost
+    from streams.referral_store import LEASE_TTL_MS
+
+    r = redis_conn.connect(redis_url, decode_responses=True)
+    try:
+        epoch = r.get(names.KEY_EPOCH)
+        lost = slots_lost(r, str(epoch)) if epoch else []
+        if epoch and not lost:
+            return str(epoch), False
+        if epoch:
+            log.warning("%d of the cluster's hash slots lost their state: rebuilding all of it", len(lost))
+        log.warning("Redis holds no state: rewinding %s's input offsets to rebuild it from the topics", group)
+        redis_conn.flush(redis_url)
+        if owner:
+            r.set(names.KEY_LEASE, owner, px=LEASE_TTL_MS)
+        asyncio.run(rewind_inputs(bootstrap, group))
+        new = uuid.uuid4().hex
+        fence_slots(r, new)
+        r.set(names.KEY_EPOCH, new)
         return new, True
     finally:
         r.close()

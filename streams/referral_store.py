@@ -15,11 +15,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.commands.core import DataAccessCommands
 
 from schemas.events import Click, Event, Order, Signup, Tier
-from streams import names
+from streams import names, redis_conn
 from streams.config import ClickLimits
 from streams.ledger import ClickMark, IpWindow, OrderState, SeqKey, State, TierMark, User
 
@@ -219,9 +218,7 @@ class LeaseLost(RuntimeError):
 
 def acquire_lease(url: str, owner: str, wait_s: float | None, on_wait: Callable[[str], None] | None = None) -> None:
     """Take the single-writer lease, waiting for the holder to stop (forever when wait_s is None: a standby)."""
-    import redis
-
-    r = redis.Redis.from_url(url, decode_responses=True)
+    r = redis_conn.connect(url, decode_responses=True)
     deadline = None if wait_s is None else time.monotonic() + wait_s
     told = False
     try:
@@ -249,13 +246,24 @@ def release_lease(url: str, owner: str) -> bool:
     """Give the lease up at a clean stop, only if still ours, so a standby takes over at once instead of in 10 s."""
     import redis
 
-    r = redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=2)
+    r = redis_conn.connect(url, decode_responses=True, socket_connect_timeout=2)
     try:
         return bool(r.eval(_RELEASE_LUA, 1, names.KEY_LEASE, owner))
     except redis.RedisError:
         return False
     finally:
         r.close()
+
+
+def open_store(
+    url: str, attribution_window_ms: int, owner: str = "", epoch: str = "", click_window_ms: int = 60_000
+) -> RedisStore:
+    """The store for this URL: one server, or a Redis Cluster (streams/redis_cluster.py) for redis+cluster://."""
+    if redis_conn.is_cluster(url):
+        from streams.redis_cluster import ClusterStore
+
+        return ClusterStore(url, attribution_window_ms, owner, epoch, click_window_ms)
+    return RedisStore(url, attribution_window_ms, owner, epoch, click_window_ms)
 
 
 class RedisStore:
@@ -267,7 +275,7 @@ class RedisStore:
         self.owner = owner
         self.epoch = epoch
         self._lock = asyncio.Lock()
-        self.redis = aioredis.Redis.from_url(url, decode_responses=True)
+        self.redis = redis_conn.connect_async(url, decode_responses=True)
         self._load = self.redis.register_script(_LOAD_LUA)
         self._commit = self.redis.register_script(_COMMIT_LUA)
         self.click_ttl_ms = attribution_window_ms + CLICK_TTL_MARGIN_MS
@@ -282,7 +290,7 @@ class RedisStore:
         return bool(await self.redis.ping())
 
     async def load(self, req: BatchRequest, settle_until_ms: int, settle_limit: int = 10_000) -> State:
-        """One round trip: the batch's users with full ancestor chains, clicks, orders, due settlements, dead ids."""
+        """The batch's users with full ancestor chains, clicks, orders, due settlements and dead ids, as State."""
         payload = {
             "users": sorted(req.users),
             "visitors": sorted(req.visitors),
@@ -292,6 +300,11 @@ class RedisStore:
             "settle_limit": settle_limit,
             "ips": sorted(ip_window_suffix(k) for k in req.ip_windows),
         }
+        data = await self._fetch(payload)
+        return self._state(req, data)
+
+    async def _fetch(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """One round trip: the load script walks the chains on the server."""
         raw = await self._load(
             args=[
                 json.dumps(payload),
@@ -306,6 +319,10 @@ class RedisStore:
             ],
         )
         data: dict[str, Any] = json.loads(raw)
+        return data
+
+    def _state(self, req: BatchRequest, data: dict[str, Any]) -> State:
+        """What the load found, as the ledger's State; refused when the epoch says Redis lost its state."""
         if data.get("epoch") != self.epoch:
             raise StateLost(_state_lost_message(data.get("epoch")))
         state = State(complete=False)
@@ -346,14 +363,19 @@ class RedisStore:
         commands = StagedCommands()
         fill(commands)
         async with self._lock:
-            verdict, found = await self._commit(
-                keys=[names.KEY_LEASE, names.KEY_EPOCH],
-                args=[self.owner, self.epoch, LEASE_TTL_MS, commands.payload()],
-            )
+            verdict, found = await self._write(commands)
         if verdict == "lease":
             raise LeaseLost(f"worker {found} took over this Redis; this worker ({self.owner}) must stop")
         if verdict == "epoch":
             raise StateLost(_state_lost_message(found or None))
+
+    async def _write(self, commands: StagedCommands) -> tuple[str, str]:
+        """One atomic script call: check and renew the lease, check the epoch, run the commands."""
+        verdict, found = await self._commit(
+            keys=[names.KEY_LEASE, names.KEY_EPOCH],
+            args=[self.owner, self.epoch, LEASE_TTL_MS, commands.payload()],
+        )
+        return str(verdict), str(found)
 
     async def commit(self, state: State, position: SeqKey | None, stage: Callable[[Any], None] | None = None) -> None:
         """Write every change of the batch in one atomic script call, only while this worker holds the lease.

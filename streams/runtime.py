@@ -11,7 +11,7 @@ from streams import names
 from streams.config import Program
 from streams.ledger import Binding, Entry, LimitedClick
 from streams.projections import default_projections
-from streams.referral_store import RedisStore
+from streams.referral_store import RedisStore, open_store
 from streams.sequencer import DeadLetter, Sequencer
 from streams.settings import Settings
 from streams.sink import ClickHouseSink
@@ -68,7 +68,7 @@ _runtime: Runtime | None = None
 def init(settings: Settings, program: Program, sink: ClickHouseSink, owner: str, epoch: str) -> Runtime:
     """Create the shared objects; called once by `fenxiao worker` before the app starts."""
     global _runtime
-    store = RedisStore(
+    store = open_store(
         settings.redis_url.get_secret_value(),
         program.attribution_window_ms,
         owner,

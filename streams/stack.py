@@ -35,7 +35,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from streams import names
+from streams import names, redis_conn
 from streams.settings import Settings, get_settings
 
 KAFKA = "kafka"
@@ -682,7 +682,7 @@ def start_redis(cfg: StackConfig) -> int:
 
 def redis_answers(url: str, timeout: float = 2.0) -> bool:
     """Whether Redis at `url` answers PING."""
-    client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    client = redis_conn.connect(url, socket_timeout=timeout, socket_connect_timeout=timeout)
     try:
         return bool(client.ping())
     except (redis.RedisError, OSError):
@@ -821,6 +821,105 @@ def isolated_stack(var_dir: Path, partitions: int = 4, timeout: float = 120.0) -
         yield RunningStack(cfg, partitions)
     finally:
         stop(cfg)
+
+
+@dataclass(frozen=True)
+class ClusterStack:
+    """A running stack whose Redis is a private Redis Cluster: same broker, another FENXIAO_REDIS_URL."""
+
+    base: RunningStack
+    redis_url: str
+
+    @property
+    def bootstrap(self) -> str:
+        """FENXIAO_KAFKA for this stack."""
+        return self.base.bootstrap
+
+    @property
+    def partitions(self) -> int:
+        """Partitions per input topic."""
+        return self.base.partitions
+
+
+def _cluster_ok(host: str, port: int) -> bool:
+    """Whether this node sees every slot served (CLUSTER INFO cluster_state:ok)."""
+    client = redis.Redis(host=host, port=port, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        info = client.execute_command("CLUSTER INFO")  # type: ignore[no-untyped-call]
+        return isinstance(info, dict) and info.get("cluster_state") == "ok"
+    except (redis.RedisError, OSError):
+        return False
+    finally:
+        client.close()
+
+
+def _cluster_ports(count: int, host: str) -> list[int]:
+    """Free ports whose cluster bus port (port + 10000) is free too, so every node can start."""
+    for _ in range(50):
+        ports = [p for p in pick_free_ports(count * 4, host) if p + 10_000 <= 65_535][:count]
+        if len(ports) < count:
+            continue
+        try:
+            for p in ports:
+                with socket.socket() as s:
+                    s.bind((host, p + 10_000))
+        except OSError:
+            continue
+        return ports
+    raise StackError(f"found no {count} free ports with free cluster bus ports (port + 10000) on {host}")
+
+
+@contextlib.contextmanager
+def redis_cluster(var_dir: Path, nodes: int = 3, host: str = "127.0.0.1", timeout: float = 60.0) -> Iterator[str]:
+    """A private Redis Cluster of `nodes` primaries on free ports, slots spread by redis-cli; yields its URL.
+
+    Each node is `redis-server --cluster-enabled yes` without persistence (a test or benchmark fixture);
+    every process is killed on exit, even when start-up fails.
+    """
+    exe = _redis_server()
+    cli = shutil.which("redis-cli")
+    if cli is None:
+        raise StackError("redis-cli not found: it comes with redis-server (apt-get install -y redis-tools)")
+    ports = _cluster_ports(nodes, host)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for port in ports:
+            d = var_dir / f"redis-cluster-{port}"
+            d.mkdir(parents=True, exist_ok=True)
+            argv = [exe, "--bind", host, "--port", str(port), "--cluster-enabled", "yes"]
+            argv += ["--cluster-config-file", str(d / "nodes.conf"), "--cluster-node-timeout", "5000"]
+            argv += ["--dir", str(d), "--save", "", "--appendonly", "no", "--logfile", str(d / "redis.log")]
+            procs.append(
+                subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                )
+            )
+        deadline = time.monotonic() + timeout
+        while not all(redis_answers(f"redis://{host}:{p}/0", timeout=1.0) for p in ports):
+            if time.monotonic() > deadline or any(pr.poll() is not None for pr in procs):
+                raise StackError(f"the Redis Cluster nodes on {ports} did not start (logs in {var_dir})")
+            time.sleep(0.1)
+        create = [cli, "--cluster", "create", *(f"{host}:{p}" for p in ports), "--cluster-replicas", "0"]
+        done = subprocess.run([*create, "--cluster-yes"], capture_output=True, text=True, timeout=timeout)
+        if done.returncode != 0:
+            raise StackError(f"redis-cli --cluster create failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+        while not all(_cluster_ok(host, p) for p in ports):
+            if time.monotonic() > deadline:
+                raise StackError(f"the Redis Cluster on {ports} did not reach cluster_state:ok")
+            time.sleep(0.2)
+        yield f"redis+cluster://{host}:{ports[0]}"
+    finally:
+        for pr in procs:
+            with contextlib.suppress(ProcessLookupError):
+                pr.kill()
+        for pr in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                pr.wait(timeout=10)
 
 
 # ---------------------------------------------------------------- CLI

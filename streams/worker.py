@@ -23,9 +23,9 @@ class WorkerError(Exception):
 
 
 async def _redis_answers(url: str) -> bool:
-    import redis.asyncio as aioredis
+    from streams import redis_conn
 
-    r = aioredis.Redis.from_url(url, socket_connect_timeout=2)
+    r = redis_conn.connect_async(url, socket_connect_timeout=2)
     try:
         return bool(await r.ping())
     except Exception:
@@ -94,7 +94,7 @@ def run(config_path: str | None, loglevel: str = "info", standby: bool = False) 
     try:
         from streams.recovery import ensure_state
 
-        epoch, rebuilt = ensure_state(redis_url, settings.kafka, settings.app_id)
+        epoch, rebuilt = ensure_state(redis_url, settings.kafka, settings.app_id, owner)
         if rebuilt:
             print(f"fenxiao: Redis had no state; replaying the input topics from the start (group {settings.app_id})")
         try:

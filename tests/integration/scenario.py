@@ -18,7 +18,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from streams import names, outcome
-from streams.referral_store import RedisStore
+from streams.referral_store import open_store
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
@@ -288,7 +288,7 @@ class Env:
         """Every beneficiary's balances as Redis holds them."""
 
         async def read() -> dict[str, dict[str, int]]:
-            s = RedisStore(self.stack.redis_url, 0)
+            s = open_store(self.stack.redis_url, 0)
             try:
                 return await s.balances()
             finally:
@@ -299,12 +299,11 @@ class Env:
 
 def fresh_env(stack: Any, tmp: Path, label: str) -> Env:
     """Empty topics and Redis db, a new consumer group, HTTP port and data dir: one test's private pipeline."""
-    import redis
-
+    from streams import redis_conn
     from streams import stack as stack_mod
 
     asyncio.run(reset_topics(stack.bootstrap, 4))
-    redis.Redis.from_url(stack.redis_url).flushdb()
+    redis_conn.flush(stack.redis_url)
     (port,) = stack_mod.pick_free_ports(1)
     env = {
         "FENXIAO_KAFKA": stack.bootstrap,

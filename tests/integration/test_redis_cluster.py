@@ -1,0 +1,263 @@
+"""The Redis layout on a real 3-node Redis Cluster (redis-server --cluster-enabled yes, started here).
+
+The pipeline's outcome on the cluster equals expected.json and the reference, as on one server; a batch
+that reached only some nodes before a crash is completed exactly once by the next worker; a node that
+comes back empty is noticed instead of being read as "no such user", and the state is rebuilt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from streams import config, flashsale, names, outcome, redis_conn, reference
+from streams import stack as stack_mod
+from streams.demo import program_toml
+from streams.recovery import ensure_state
+from streams.redis_cluster import ClusterStore, fence_slots, key_slot, marker_key, slots_lost
+from streams.referral_store import BatchRequest, LeaseLost, StateLost, acquire_lease
+from tests.integration import scenario
+from tests.integration.scenario import Env
+from tests.integration.test_pipeline import EXAMPLES, assert_outcome
+
+FREEZE_CONFIG = program_toml(freeze_seconds=30, grace_seconds=1)
+
+
+@pytest.fixture(scope="module")
+def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Three primaries, no replicas, slots spread by redis-cli --cluster create; a start failure fails the tests."""
+    with stack_mod.redis_cluster(tmp_path_factory.mktemp("redis-cluster")) as url:
+        yield url
+
+
+@pytest.fixture
+def cpipe(stack: Any, cluster_url: str, tmp_path: Path) -> Env:
+    """A fresh pipeline whose FENXIAO_REDIS_URL is the cluster."""
+    return scenario.fresh_env(stack_mod.ClusterStack(stack, cluster_url), tmp_path, "cluster")
+
+
+def primaries(url: str) -> list[redis.Redis]:
+    """One plain client per primary node of the cluster."""
+    rc = redis_conn.connect(url)
+    try:
+        return [redis.Redis(host=n.host, port=n.port) for n in rc.get_primaries()]
+    finally:
+        rc.close()
+
+
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_spec_examples_on_the_cluster(cpipe: Env, example: str) -> None:
+    """Backlog of each spec example, small batches: outputs, Redis balances and ClickHouse equal expected.json."""
+    cpipe.produce(scenario.load_records(example))
+    w = cpipe.worker(example, FENXIAO_BATCH_SIZE="97")
+    try:
+        out, diff = cpipe.outcome(scenario.load_expected(example))
+        assert_outcome(cpipe, example, out, diff, w)
+    finally:
+        w.stop()
+
+
+def test_generated_sale_on_the_cluster_equals_the_reference(cpipe: Env) -> None:
+    """A generated sale with a 30 s freeze spreads its users over every node; the ledger equals the reference."""
+    records = list(flashsale.generate(400, 2500, 7, datetime(2026, 11, 11, tzinfo=UTC), 120))
+    program = config.parse(FREEZE_CONFIG)
+    ref = reference.run(records, program, now_ms=int(datetime(2026, 12, 1, tzinfo=UTC).timestamp() * 1000))
+    expected = outcome.summarize(ref.entries, ref.bindings, ref.dead_letters)
+    cfg = cpipe.tmp / "freeze.toml"
+    cfg.write_text(FREEZE_CONFIG)
+    cpipe.produce(records)
+    w = scenario.WorkerProcess(cfg, {**cpipe.env, "FENXIAO_BATCH_SIZE": "400"}, cpipe.tmp / "worker.log").start()
+    try:
+        scenario.wait_http(cpipe.web_port, "/health", 90, w)
+        out, diff = cpipe.outcome(expected, timeout=180)
+        nodes_used = {n.dbsize() > 100 for n in primaries(cpipe.stack.redis_url)}
+        assert nodes_used == {True}, "the sale's keys must be spread over all three nodes"
+        assert_outcome(cpipe, expected, out, diff, w)
+    finally:
+        w.stop()
+
+
+def _fresh(url: str, epoch: str, owner: str) -> None:
+    """An empty cluster holding a fenced state of `epoch`, with `owner` holding the lease."""
+    redis_conn.flush(url)
+    r = redis_conn.connect(url, decode_responses=True)
+    try:
+        fence_slots(r, epoch)
+        r.set(names.KEY_EPOCH, epoch)
+    finally:
+        r.close()
+    acquire_lease(url, owner, wait_s=1)
+
+
+BALANCE_USERS = [f"u{i}" for i in range(60)]
+
+
+def _stage_increments(p: Any) -> None:
+    """One batch's worth of non-idempotent writes on keys in many slots: a second run would show."""
+    for i, uid in enumerate(BALANCE_USERS):
+        p.hincrby(names.KEY_BALANCE + uid, "p", 100 + i)
+        p.xadd(names.KEY_FEED + uid, {"c": str(i)})
+
+
+def _read_increments(url: str) -> tuple[dict[str, int], dict[str, int]]:
+    r = redis_conn.connect(url, decode_responses=True)
+    try:
+        pend = {u: int(r.hget(names.KEY_BALANCE + u, "p") or 0) for u in BALANCE_USERS}
+        feed = {u: int(r.xlen(names.KEY_FEED + u)) for u in BALANCE_USERS}
+        return pend, feed
+    finally:
+        r.close()
+
+
+def test_a_batch_applied_on_one_node_only_is_completed_once_by_the_next_worker(cluster_url: str) -> None:
+    """Crash after the journal and the first node's apply: the next store redoes the rest, nothing twice."""
+    _fresh(cluster_url, "e1", "w1")
+    slots_by_node: dict[str, int] = {}
+    rc = redis_conn.connect(cluster_url)
+    for u in BALANCE_USERS:
+        slots_by_node.setdefault(rc.get_node_from_key(names.KEY_BALANCE + u).name, 0)
+    rc.close()
+    assert len(slots_by_node) == 3, "the test's keys must live on every node"
+
+    async def crash_after_first_node() -> None:
+        store = ClusterStore(cluster_url, 0, owner="w1", epoch="e1")
+        real = store._apply_node
+        calls = 0
+
+        async def one_node_then_die(node: Any, seq: int, groups: list[list[Any]]) -> tuple[str, str]:
+            nonlocal calls
+            calls += 1
+            if calls > 1:
+                raise ConnectionError("worker killed mid-commit")
+            return await real(node, seq, groups)
+
+        store._apply_node = one_node_then_die  # type: ignore[method-assign]
+        try:
+            with pytest.raises(ConnectionError):
+                await store._guarded(_stage_increments)
+        finally:
+            await store.close()
+
+    async def next_worker_loads() -> None:
+        store = ClusterStore(cluster_url, 0, owner="w1", epoch="e1")
+        try:
+            await store.load(BatchRequest(users={"u0"}), 0)
+        finally:
+            await store.close()
+
+    asyncio.run(crash_after_first_node())
+    _, feed = _read_increments(cluster_url)
+    half = sum(1 for v in feed.values() if v)
+    assert 0 < half < len(BALANCE_USERS), "the crash must leave the batch on some nodes only"
+    asyncio.run(next_worker_loads())
+    want_pend = {u: 100 + i for i, u in enumerate(BALANCE_USERS)}
+    assert _read_increments(cluster_url) == (want_pend, dict.fromkeys(BALANCE_USERS, 1))
+    asyncio.run(next_worker_loads())
+    assert _read_increments(cluster_url) == (want_pend, dict.fromkeys(BALANCE_USERS, 1)), "redone twice"
+
+    async def one_more_batch() -> None:
+        store = ClusterStore(cluster_url, 0, owner="w1", epoch="e1")
+        try:
+            await store._guarded(_stage_increments)
+        finally:
+            await store.close()
+
+    asyncio.run(one_more_batch())
+    assert _read_increments(cluster_url) == (
+        {u: 2 * v for u, v in want_pend.items()},
+        dict.fromkeys(BALANCE_USERS, 2),
+    )
+
+
+def test_a_worker_without_the_lease_writes_nothing(cluster_url: str) -> None:
+    """The journal script checks the lease before anything reaches a node."""
+    _fresh(cluster_url, "e1", "w1")
+
+    async def stale() -> None:
+        store = ClusterStore(cluster_url, 0, owner="w2", epoch="e1")
+        try:
+            with pytest.raises(LeaseLost):
+                await store._guarded(_stage_increments)
+        finally:
+            await store.close()
+
+    asyncio.run(stale())
+    assert _read_increments(cluster_url) == (dict.fromkeys(BALANCE_USERS, 0), dict.fromkeys(BALANCE_USERS, 0))
+
+
+def test_a_node_that_comes_back_empty_is_noticed_and_the_state_rebuilt(cluster_url: str, stack: Any) -> None:
+    """Flush one primary: loads touching its slots refuse, ensure_state rebuilds everything with a new epoch."""
+    _fresh(cluster_url, "e1", "w1")
+    victim = primaries(cluster_url)[1]
+    rc = redis_conn.connect(cluster_url)
+    where = f"{victim.connection_pool.connection_kwargs['host']}:{victim.connection_pool.connection_kwargs['port']}"
+    victim_slots = {s for s in range(16384) if rc.nodes_manager.get_node_from_slot(s).name == where}
+    rc.close()
+    assert 4000 < len(victim_slots) < 7000
+    assert all(victim.exists(marker_key(s)) for s in list(victim_slots)[:50]), "markers live in their own slot"
+    user = next(u for u in (f"user{i}" for i in range(1000)) if key_slot(names.KEY_USER + u) in victim_slots)
+    victim.flushdb()
+    r = redis_conn.connect(cluster_url, decode_responses=True)
+    assert set(slots_lost(r, "e1")) == victim_slots
+
+    async def load() -> None:
+        store = ClusterStore(cluster_url, 0, owner="w1", epoch="e1")
+        try:
+            with pytest.raises(StateLost):
+                await store.load(BatchRequest(users={user}), 0)
+        finally:
+            await store.close()
+
+    asyncio.run(load())
+    epoch, rebuilt = ensure_state(cluster_url, stack.bootstrap, "fx-cluster-rebuild", owner="w1")
+    assert rebuilt and epoch != "e1"
+    assert slots_lost(r, epoch) == []
+    assert r.get(names.KEY_LEASE) == "w1"
+    assert ensure_state(cluster_url, stack.bootstrap, "fx-cluster-rebuild", owner="w1") == (epoch, False)
+    r.close()
+
+
+def test_team_unions_across_slots_end_as_on_one_server(cluster_url: str, stack: Any) -> None:
+    """ZUNIONSTORE of two users' teams (two slots) becomes ZADDs on the cluster, with the same resulting sets."""
+    from streams.projections import team_key
+    from streams.referral_store import RedisStore
+
+    _fresh(cluster_url, "e1", "w1")
+    redis_conn.flush(stack.redis_url)
+    plain = redis.Redis.from_url(stack.redis_url)
+    plain.set(names.KEY_EPOCH, "e1")
+    plain.close()
+    acquire_lease(stack.redis_url, "w1", wait_s=1)
+    keys = [team_key(lvl, u) for lvl in (1, 2, 3) for u in ("boss", "mid", "new")]
+
+    def before(p: Any) -> None:
+        p.zadd(team_key(1, "boss"), {"0000000000001|a": 0, "0000000000002|b": 0})
+        p.zadd(team_key(1, "new"), {"0000000000003|c": 0})
+        p.zadd(team_key(2, "new"), {"0000000000004|d": 0})
+
+    def batch(p: Any) -> None:
+        p.zadd(team_key(1, "new"), {"0000000000005|e": 0})
+        p.zadd(team_key(1, "mid"), {"0000000000006|new": 0})
+        p.zunionstore(team_key(2, "mid"), [team_key(2, "mid"), team_key(1, "new")], aggregate="MAX")
+        p.zunionstore(team_key(3, "mid"), [team_key(3, "mid"), team_key(2, "new")], aggregate="MAX")
+        p.zunionstore(team_key(3, "boss"), [team_key(3, "boss"), team_key(2, "mid")], aggregate="MAX")
+
+    async def run(store: RedisStore) -> dict[str, list[Any]]:
+        try:
+            await store._guarded(before)
+            await store._guarded(batch)
+            return {k: await store.redis.zrange(k, 0, -1, withscores=True) for k in keys}
+        finally:
+            await store.close()
+
+    on_cluster = asyncio.run(run(ClusterStore(cluster_url, 0, owner="w1", epoch="e1")))
+    on_server = asyncio.run(run(RedisStore(stack.redis_url, 0, owner="w1", epoch="e1")))
+    assert on_cluster == on_server
+    assert [m for m, _ in on_cluster[team_key(3, "boss")]] == ["0000000000003|c", "0000000000005|e"]
+    assert len({key_slot(k) for k in keys}) == len(keys), "the team keys must be in different slots"
