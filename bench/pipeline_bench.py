@@ -430,10 +430,13 @@ async def phase_latency(
 
 def redis_memory(redis_url: str, sample: int) -> dict[str, Any]:
     """MEMORY USAGE over up to `sample` keys per prefix; orders split into open (not settled) and settled."""
-    import redis
+    from streams import redis_conn
 
-    r = redis.Redis.from_url(redis_url)
-    out: dict[str, Any] = {"used_memory": int(r.info("memory")["used_memory"])}
+    r = redis_conn.connect(redis_url)
+    mem = r.info("memory")
+    # a cluster answers per node: {node: info}
+    used = mem["used_memory"] if "used_memory" in mem else sum(v["used_memory"] for v in mem.values())
+    out: dict[str, Any] = {"used_memory": int(used)}
     for label, pattern in (("user", "fx:u:*"), ("order", "fx:o:*")):
         keys = []
         for k in r.scan_iter(match=pattern, count=1000):
@@ -489,9 +492,9 @@ async def phase_backlog(st: Any, tmp: Path, args: argparse.Namespace, program: A
     from tests.integration import scenario
 
     await scenario.reset_topics(st.bootstrap, PARTITIONS)
-    import redis
+    from streams import redis_conn
 
-    redis.Redis.from_url(st.redis_url).flushdb()
+    redis_conn.flush(st.redis_url)
     users = max(1, args.backlog * args.users // max(1, args.orders))
     console.print(f"backlog: generating {args.backlog:,} orders, {users:,} users ...")
     recs = sale(users, args.backlog, args.seed + 100, SALE_START)
@@ -583,7 +586,10 @@ def targets(res: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
 
 
 def print_report(res: dict[str, Any]) -> None:
-    t = Table(title=f"fenxiao pipeline benchmark ({res['when']}, {res['cpus']} CPUs, grace {res['grace_s']} s)")
+    t = Table(
+        title=f"fenxiao pipeline benchmark ({res['when']}, {res['cpus']} CPUs, grace {res['grace_s']} s, "
+        f"{res.get('redis', 'one redis-server')})"
+    )
     for col in ("measure", "value", "target", "status"):
         t.add_column(col)
     for name, val, target, ok in targets(res):
@@ -767,6 +773,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--batch-size", type=int, default=None, help="FENXIAO_BATCH_SIZE (default: the worker's)")
     ap.add_argument("--sink-rows", type=int, default=None, help="rows for the sink measurement (default 500000)")
     ap.add_argument("--mem-sample", type=int, default=5000, help="keys per prefix sampled with MEMORY USAGE")
+    ap.add_argument(
+        "--redis-cluster",
+        type=int,
+        default=0,
+        metavar="NODES",
+        help="run the worker on a private Redis Cluster of NODES primaries (e.g. 3) instead of one redis-server",
+    )
     ap.add_argument("--quick", action="store_true", help="small sizes for development (about 3 minutes)")
     ap.add_argument("--no-profile", action="store_true", help="do not attach py-spy to the worker")
     ap.add_argument("--keep-profile", action="store_true", help="copy py-spy's raw stacks next to the results")
@@ -801,6 +814,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpus": os.cpu_count(),
         "loadavg_at_start": round(load1, 2),
         "grace_s": args.grace,
+        "redis": f"{args.redis_cluster}-node Redis Cluster" if args.redis_cluster else "one redis-server",
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "grace_note": (
             "latency includes the aligner: an order is released once every input partition has delivered a "
@@ -812,7 +826,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="fenxiao-bench-") as d:
         tmp = Path(d)
         console.print("starting a private Kafka + Redis ...")
-        with stack_mod.isolated_stack(tmp / "stack", partitions=PARTITIONS) as st:
+        with contextlib.ExitStack() as stacks:
+            st: Any = stacks.enter_context(stack_mod.isolated_stack(tmp / "stack", partitions=PARTITIONS))
+            if args.redis_cluster:
+                console.print(f"starting a private {args.redis_cluster}-node Redis Cluster ...")
+                url = stacks.enter_context(stack_mod.redis_cluster(tmp / "redis-cluster", args.redis_cluster))
+                st = stack_mod.ClusterStack(st, url)
             asyncio.run(run_stack_phases(st, tmp, args, res))
     if args.sink_rows:
         console.rule(f"sink: {args.sink_rows:,} ledger rows into embedded chDB")
