@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -79,9 +80,17 @@ def run(config_path: str | None, loglevel: str = "info", standby: bool = False) 
     def waiting(holder: str) -> None:
         print(f"fenxiao: standby: {holder} holds the lease; this worker takes over when it stops", flush=True)
 
+    def stop_waiting(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
     try:
         if standby:
-            acquire_lease(redis_url, owner, wait_s=None, on_wait=waiting)
+            # A standby stopped by its supervisor (SIGTERM) before it ever took over is a clean exit.
+            previous = signal.signal(signal.SIGTERM, stop_waiting)
+            try:
+                acquire_lease(redis_url, owner, wait_s=None, on_wait=waiting)
+            finally:
+                signal.signal(signal.SIGTERM, previous)
         else:
             acquire_lease(redis_url, owner, wait_s=LEASE_TTL_MS / 1000 + 5)
     except LeaseLost as e:

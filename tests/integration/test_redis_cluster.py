@@ -8,6 +8,8 @@ comes back empty is noticed instead of being read as "no such user", and the sta
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +26,7 @@ from streams.redis_cluster import ClusterStore, fence_slots, key_slot, marker_ke
 from streams.referral_store import BatchRequest, LeaseLost, StateLost, acquire_lease
 from tests.integration import scenario
 from tests.integration.scenario import Env
-from tests.integration.test_pipeline import EXAMPLES, assert_outcome
+from tests.integration.test_pipeline import EXAMPLES, _wait_log, assert_outcome
 
 FREEZE_CONFIG = program_toml(freeze_seconds=30, grace_seconds=1)
 
@@ -261,3 +263,59 @@ def test_team_unions_across_slots_end_as_on_one_server(cluster_url: str, stack: 
     assert on_cluster == on_server
     assert [m for m, _ in on_cluster[team_key(3, "boss")]] == ["0000000000003|c", "0000000000005|e"]
     assert len({key_slot(k) for k in keys}) == len(keys), "the team keys must be in different slots"
+
+
+def test_four_workers_on_the_cluster_hand_over_through_a_sigkill_and_a_stop(cpipe: Env) -> None:
+    """One owner and three standbys: the owner is SIGKILLed mid-scenario, its successor stops cleanly later.
+
+    Whichever standbys take over, the outcome is exact: a kill that lands between the journal and the last
+    node's apply is completed by the next owner, and nothing is applied twice.
+    """
+    example = "messy"
+    records = scenario.load_records(example)
+    n = len(records)
+    parts = [records[: n // 3], records[n // 3 : 2 * n // 3], records[2 * n // 3 :]]
+    config = cpipe.config(example)
+    ports = stack_mod.pick_free_ports(3)
+
+    def standby(i: int) -> scenario.WorkerProcess:
+        env = {**cpipe.env, "FENXIAO_WEB_PORT": str(ports[i]), "FENXIAO_BATCH_SIZE": "7"}
+        return scenario.WorkerProcess(config, env, cpipe.tmp / f"standby{i}.log", loglevel="info", args=["--standby"])
+
+    first = cpipe.worker(example, FENXIAO_BATCH_SIZE="7")
+    standbys = [standby(i).start() for i in range(3)]
+
+    def new_owner(among: list[scenario.WorkerProcess], timeout: float) -> scenario.WorkerProcess:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for w in among:
+                if "took the lease" in w.log_tail(200):
+                    return w
+            time.sleep(0.2)
+        raise AssertionError("no standby took the lease:\n" + "\n".join(w.log_tail() for w in among))
+
+    try:
+        for w in standbys:
+            _wait_log(w, "holds the lease", 60)
+        cpipe.produce(parts[0])
+        time.sleep(1.5)
+        first.kill()
+        cpipe.produce(parts[1])
+        second = new_owner(standbys, 60)
+        waiting = [w for w in standbys if w is not second]
+        scenario.wait_http(ports[standbys.index(second)], "/health", 90, second)
+        time.sleep(1.0)
+        assert second.stop() == 0, f"the second owner did not stop cleanly:\n{second.log_tail()}"
+        cpipe.produce(parts[2])
+        third = new_owner(waiting, 30)
+        port = ports[standbys.index(third)]
+        scenario.wait_http(port, "/health", 90, third)
+        final = dataclasses.replace(cpipe, web_port=port)
+        out, diff = final.outcome(scenario.load_expected(example))
+        for w in waiting:
+            if w is not third:
+                assert w.stop() == 0, f"the idle standby did not stop cleanly:\n{w.log_tail()}"
+        assert_outcome(final, example, out, diff, third)
+    finally:
+        for w in (first, *standbys):
+            w.kill()
