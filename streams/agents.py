@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from faust.transport.drivers.aiokafka import server_list
 
 from schemas.events import Invalid, decode, format_ts
 from streams import names, runtime
@@ -22,6 +26,54 @@ def consumer_highwater(tp: Any) -> int | None:
     except Exception:
         return None
     return None if hw is None or hw < 0 else int(hw)
+
+
+class EndOffsets:
+    """The partitions' end offsets as the broker has them now: a ListOffsets request, not the last fetch.
+
+    On a client and connection of its own: the broker answers a connection's requests in order, and the
+    consumer's connection usually has a fetch waiting up to fetch_max_wait_ms (1.5 s in faust) for new
+    records, so app.consumer.highwaters() can take that long; this takes one round trip.
+    """
+
+    def __init__(self) -> None:
+        self._client: AIOKafkaConsumer | None = None
+        self._starting = asyncio.Lock()
+        self._closed = False
+
+    async def __call__(self, tps: list[Any]) -> dict[Any, int]:
+        if self._closed:
+            raise RuntimeError("stopping: no more end-offset requests")
+        client = self._client or await self._start()
+        want = {TopicPartition(tp.topic, tp.partition): tp for tp in tps}
+        got = await client.end_offsets(list(want))
+        return {want[k]: int(v) for k, v in got.items() if k in want}
+
+    async def _start(self) -> AIOKafkaConsumer:
+        async with self._starting:
+            if self._client is None:
+                client = AIOKafkaConsumer(
+                    bootstrap_servers=server_list(app.conf.broker, 9092),
+                    client_id=f"{app.conf.broker_client_id}-end-offsets",
+                    enable_auto_commit=False,
+                )
+                await client.start()
+                self._client = client
+            return self._client
+
+    async def close(self) -> None:
+        self._closed = True
+        client, self._client = self._client, None
+        if client is not None:
+            await client.stop()
+
+
+end_offsets = EndOffsets()
+
+
+@app.on_before_shutdown.connect  # type: ignore[arg-type]
+async def _close_end_offsets(sender: Any, **kwargs: Any) -> None:
+    await end_offsets.close()
 
 
 def _lag(tp: Any, offset: int) -> int | None:
@@ -101,6 +153,7 @@ def _on_assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
     """Track every assigned input partition, so an empty one still holds later events back until idle."""
     seq = runtime.get().sequencer
     seq.aligner.highwater = consumer_highwater
+    seq.use_broker(end_offsets)
     for tp in assigned:
         if tp.topic in names.TOPIC_RANK:
             seq.assign(tp, names.TOPIC_RANK[tp.topic])

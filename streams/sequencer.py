@@ -18,7 +18,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable, Hashable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -29,6 +29,10 @@ from streams.ledger import Binding, Entry, Ledger, LimitedClick, SeqKey, State
 from streams.referral_store import BatchRequest, RedisStore
 
 log = logging.getLogger(__name__)
+
+# Least time between two end-offset requests for quiet partitions (see Aligner.due_checks).
+CHECK_INTERVAL_S = 0.05
+CHECK_TIMEOUT_S = 5.0
 
 
 @dataclass(slots=True)
@@ -133,6 +137,14 @@ class Sequencer:
         self.projections = tuple(projections)
         self._crash_point, _, n = (crash_at or "").partition(":")
         self._crash_batch = int(n) if n else 0
+        self.end_offsets: Callable[[list[Hashable]], Awaitable[Mapping[Hashable, int]]] | None = None
+        self._last_check = float("-inf")
+        self._check_deferred = False
+
+    def use_broker(self, end_offsets: Callable[[list[Hashable]], Awaitable[Mapping[Hashable, int]]]) -> None:
+        """Ask the broker (end_offsets) before treating a quiet partition as idle, not the consumer's highwater."""
+        self.end_offsets = end_offsets
+        self.aligner.confirm_idle = True
 
     def _maybe_crash(self, point: str) -> None:
         """Fault injection for the crash tests: die like `kill -9` at a chosen point of a chosen batch."""
@@ -162,13 +174,52 @@ class Sequencer:
         self.stats.dead_letters += 1
 
     async def run(self) -> None:
-        """Apply batches until stopped; wakes on new events and at least every 100 ms for idle partitions."""
+        """Apply batches until stopped; wakes on new events, when a held event may pass an idle partition,
+        and at least every 100 ms."""
         while not self._stopping:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wakeup.wait(), timeout=0.1)
+                await asyncio.wait_for(self.wakeup.wait(), timeout=self._sleep_for())
             self.wakeup.clear()
             while await self.step():
                 pass
+            if await self.confirm_idle():
+                while await self.step():
+                    pass
+
+    def _sleep_for(self) -> float:
+        t = 0.1
+        due = self.aligner.next_due()
+        if due is not None:
+            t = min(t, due + 0.001)
+        if self._check_deferred:
+            t = min(t, max(0.001, self._last_check + CHECK_INTERVAL_S - self.clock()))
+        return t
+
+    async def confirm_idle(self) -> bool:
+        """Ask the broker for quiet partitions' end offsets when a held event or the frontier waits on them.
+
+        The consumer's highwater is only as fresh as its last fetch of that partition: a worker that is
+        behind may not have fetched for longer than the grace, and an unfetched backlog then looks idle.
+        True if an answer was recorded (so a release may now pass those partitions).
+        """
+        self._check_deferred = False
+        if self.end_offsets is None:
+            return False
+        tps = self.aligner.due_checks()
+        if not tps:
+            return False
+        asked_at = self.clock()
+        if asked_at - self._last_check < CHECK_INTERVAL_S:
+            self._check_deferred = True
+            return False
+        self._last_check = asked_at
+        try:
+            offsets = await asyncio.wait_for(self.end_offsets(tps), timeout=CHECK_TIMEOUT_S)
+        except Exception as exc:  # the partitions stay unconfirmed (not idle); asked again next time
+            log.warning("end offsets of %d quiet partitions: %r", len(tps), exc)
+            return False
+        self.aligner.confirm(offsets, asked_at)
+        return True
 
     def stop(self) -> None:
         """Let the loop finish its current batch and return."""
@@ -260,6 +311,8 @@ class Sequencer:
         return {
             "held": len(self.aligner),
             "late": self.aligner.late,
+            "idle_checks": self.aligner.checks,
+            "stale_highwater": self.aligner.stale,
             "frontier": None if frontier == INF_KEY else format_ts(max(frontier[0], 0)),
             "applied": self.stats.applied,
             "batches": self.stats.batches,

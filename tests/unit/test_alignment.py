@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 import pytest
@@ -184,3 +185,96 @@ def test_no_wait_for_an_idle_partition_that_is_already_past_the_event() -> None:
     al.add("p2", (8000, 3, "e"), "e", lag=0)
     al.add("p2", (8001, 3, "f"), "f", lag=0)
     assert [k for k, _ in al.release(10)] == [(8000, 3, "e")]
+
+
+def test_a_stale_consumer_highwater_does_not_make_a_partition_idle() -> None:
+    """The worker fell behind: the consumer has not fetched clicks for longer than the grace, so its
+    highwater still says 'nothing more', but the broker already holds an older click. The order may pass
+    clicks only once the broker, asked after the order had waited, shows clicks has nothing undelivered."""
+    clock = Clock()
+    consumer_hw = {"clicks": 6, "orders": 11}  # as of the consumer's last fetch of each partition
+    al = Aligner(grace_seconds=1, clock=clock, highwater=consumer_hw.get, confirm_idle=True)
+    al.assign("clicks", 1)
+    al.assign("orders", 3)
+    al.add("clicks", (100, 1, "c1"), "c1", lag=0, offset=5)
+    al.add("orders", (300, 3, "o1"), "o1", lag=0, offset=10)
+    clock.t += 1.5  # both quiet for longer than the grace; o1 waited longer than ARRIVAL_WAIT_S
+    assert al.release(10) == []  # the consumer's highwater alone no longer makes a partition idle
+    assert al.due_checks() == ["clicks", "orders"]
+    al.confirm({"clicks": 7, "orders": 11}, clock())  # the broker has click offset 6, not yet fetched
+    assert al.stale == 1
+    assert al.release(10) == []
+    assert al.frontier() == (100, 1, "")  # not idle for settlement either
+    assert al.due_checks() == []  # nothing new to learn until offset 6 is delivered
+    clock.t += 0.1
+    consumer_hw["clicks"] = 7
+    al.add("clicks", (200, 1, "c2"), "c2", lag=0, offset=6)
+    assert [k for k, _ in al.release(10)] == [(100, 1, "c1")]
+    clock.t += 1.5
+    assert al.release(10) == []  # quiet again: the broker is asked again
+    assert al.due_checks() == ["clicks", "orders"]
+    al.confirm({"clicks": 7, "orders": 11}, clock())
+    assert [k for k, _ in al.release(10)] == [(200, 1, "c2"), (300, 3, "o1")]
+    assert al.late == 0
+
+
+def test_a_broker_answer_asked_for_before_the_event_had_waited_does_not_let_it_pass() -> None:
+    clock = Clock()
+    al = Aligner(grace_seconds=1, clock=clock, highwater=lambda tp: None, confirm_idle=True)
+    al.assign("tiers", 0)
+    al.assign("orders", 3)
+    al.add("orders", (10, 3, "o0"), "o0", lag=0, offset=0)
+    al.add("tiers", (50, 0, "t1"), "t1", lag=0, offset=0)
+    clock.t += 2
+    assert al.frontier() == (10, 3, "")  # quiet, but the broker has not been asked
+    al.confirm({"tiers": 1, "orders": 1}, clock())
+    assert [k for k, _ in al.release(10)] == [(10, 3, "o0"), (50, 0, "t1")]
+    assert al.frontier() == INF_KEY
+    asked = clock()
+    clock.t += 0.001
+    al.add("orders", (100, 3, "o1"), "o1", lag=0, offset=1)
+    clock.t += 1.1
+    al.confirm({"tiers": 1, "orders": 2}, asked)  # the answer to a request sent before o1 arrived
+    assert al.release(10) == []
+    assert al.due_checks() == ["tiers", "orders"]
+    al.confirm({"tiers": 1, "orders": 2}, clock())
+    assert [k for k, _ in al.release(10)] == [(100, 3, "o1")]
+
+
+def test_the_sequencer_asks_the_broker_only_when_a_quiet_partition_holds_something_back() -> None:
+    from streams.sequencer import CHECK_INTERVAL_S, Sequencer
+    from tests.unit.test_ledger import program
+
+    clock = Clock()
+    asked: list[list[object]] = []
+    broker = {"clicks": 7, "orders": 11}
+
+    async def end_offsets(tps: list[object]) -> dict[object, int]:
+        asked.append(sorted(map(str, tps)))
+        return {tp: broker[str(tp)] for tp in tps}
+
+    seq = Sequencer(program(), store=None, outputs=None, clock=clock)  # type: ignore[arg-type]
+    seq.use_broker(end_offsets)
+    seq.aligner.highwater = {"clicks": 6, "orders": 11}.get
+    seq.aligner.grace = 1
+    seq.assign("clicks", 1)
+    seq.assign("orders", 3)
+    seq.aligner.add("clicks", (100, 1, "c1"), "c1", lag=0, offset=5)
+    seq.aligner.add("orders", (300, 3, "o1"), "o1", lag=0, offset=10)
+
+    async def scenario() -> None:
+        assert not await seq.confirm_idle()  # nobody is quiet yet
+        clock.t += 1.5
+        assert await seq.confirm_idle()
+        assert asked == [["clicks", "orders"]]
+        assert seq.aligner.release(10) == []  # the broker has a click the consumer has not fetched
+        assert seq.status()["stale_highwater"] == 1
+        clock.t += CHECK_INTERVAL_S
+        assert not await seq.confirm_idle()  # and asking again tells nothing until it is delivered
+        seq.aligner.add("clicks", (200, 1, "c2"), "c2", lag=0, offset=6)
+        clock.t += 1.5
+        assert await seq.confirm_idle()
+        assert not await seq.confirm_idle()  # answered just now
+        assert [k for k, _ in seq.aligner.release(10)] == [(100, 1, "c1"), (200, 1, "c2"), (300, 3, "o1")]
+
+    asyncio.run(scenario())
