@@ -27,6 +27,7 @@ from redis.exceptions import AskError, ClusterDownError, MovedError, TryAgainErr
 
 from streams import names
 from streams.referral_store import (
+    LEASE_AND_EPOCH_LUA,
     LEASE_TTL_MS,
     MAX_CHAIN,
     MAX_COMMAND_ARGS,
@@ -39,17 +40,14 @@ from streams.referral_store import (
 SLOTS = 16384
 APPLY_ATTEMPTS = 5
 
-_JOURNAL_LUA = """
-local holder = redis.call('GET', KEYS[1])
-if holder and holder ~= ARGV[1] then return {'lease', holder} end
-local epoch = redis.call('GET', KEYS[2])
-if epoch ~= ARGV[2] then return {'epoch', epoch or ''} end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
-if ARGV[4] == '' then return {'ok', '0'} end
+_JOURNAL_LUA = (
+    LEASE_AND_EPOCH_LUA
+    + """if ARGV[4] == '' then return {'ok', '0'} end
 local seq = redis.call('HINCRBY', KEYS[3], 'seq', 1)
 redis.call('HSET', KEYS[3], 'commands', ARGV[4])
 return {'ok', tostring(seq)}
 """
+)
 
 # KEYS[1] is one of this node's slot markers (it routes the call); the others are reached undeclared,
 # which a cluster allows on the same node with this flag. Every marker is checked before anything runs.

@@ -171,16 +171,22 @@ class BatchRequest:
         return req
 
 
-_COMMIT_LUA = """
+# KEYS[1] lease, KEYS[2] epoch; ARGV[1] owner, ARGV[2] epoch, ARGV[3] lease TTL ms. Refuses unless both are
+# this worker's, then renews the lease. Shared by the commit script here and the cluster's journal script.
+LEASE_AND_EPOCH_LUA = """
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then return {'lease', holder} end
 local epoch = redis.call('GET', KEYS[2])
 if epoch ~= ARGV[2] then return {'epoch', epoch or ''} end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
-local commands = cjson.decode(ARGV[4])
+"""
+_COMMIT_LUA = (
+    LEASE_AND_EPOCH_LUA
+    + """local commands = cjson.decode(ARGV[4])
 for i = 1, #commands do redis.call(unpack(commands[i])) end
 return {'ok', tostring(#commands)}
 """
+)
 # Lua's unpack() handles a few thousand values; longer commands are split by whoever stages them.
 MAX_COMMAND_ARGS = 4000
 

@@ -55,6 +55,11 @@ def test_live(pipe: Env, example: str) -> None:
 @pytest.mark.parametrize("example", EXAMPLES)
 def test_backlog(pipe: Env, example: str) -> None:
     """Every topic full before the worker starts: topics are consumed at different event-time speeds."""
+    run_backlog(pipe, example)
+
+
+def run_backlog(pipe: Env, example: str) -> None:
+    """Produce the whole example, then start a worker with small batches; the outcome must be expected.json."""
     pipe.produce(scenario.load_records(example))
     w = pipe.worker(example, FENXIAO_BATCH_SIZE="97")
     try:

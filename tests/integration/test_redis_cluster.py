@@ -26,7 +26,7 @@ from streams.redis_cluster import ClusterStore, fence_slots, key_slot, marker_ke
 from streams.referral_store import BatchRequest, LeaseLost, StateLost, acquire_lease
 from tests.integration import scenario
 from tests.integration.scenario import Env
-from tests.integration.test_pipeline import EXAMPLES, _wait_log, assert_outcome
+from tests.integration.test_pipeline import EXAMPLES, _wait_log, assert_outcome, run_backlog
 
 FREEZE_CONFIG = program_toml(freeze_seconds=30, grace_seconds=1)
 
@@ -56,13 +56,7 @@ def primaries(url: str) -> list[redis.Redis]:
 @pytest.mark.parametrize("example", EXAMPLES)
 def test_spec_examples_on_the_cluster(cpipe: Env, example: str) -> None:
     """Backlog of each spec example, small batches: outputs, Redis balances and ClickHouse equal expected.json."""
-    cpipe.produce(scenario.load_records(example))
-    w = cpipe.worker(example, FENXIAO_BATCH_SIZE="97")
-    try:
-        out, diff = cpipe.outcome(scenario.load_expected(example))
-        assert_outcome(cpipe, example, out, diff, w)
-    finally:
-        w.stop()
+    run_backlog(cpipe, example)
 
 
 def test_generated_sale_on_the_cluster_equals_the_reference(cpipe: Env) -> None:
