@@ -278,16 +278,21 @@ def expected_ids(records: list[dict[str, Any]], program: Any) -> set[str]:
 async def wait_entries(
     tail: Tail, want: set[str], quiet_s: float, worker: Worker | None = None, from_index: int = 0
 ) -> tuple[float, int]:
-    """Wait until every expected entry id was read, or nothing new arrived for quiet_s after the first one.
+    """Wait until every expected entry id was read, or neither entries nor the worker moved for quiet_s.
 
     Returns (arrival time of the last entry read, how many expected ids were seen). A ledger that differs
     from the reference never reaches the expected set; then the end is the last arrival before the quiet.
+    The worker's applied count counts as progress: a large backlog can take minutes of signups and clicks
+    before its first commission entry.
     """
     seen: set[str] = set()
     i = from_index
     last_at = math.nan
-    started = time.monotonic()
+    progress = time.monotonic()
+    applied, polled = -1, 0.0
     while True:
+        if i < len(tail.got):
+            progress = time.monotonic()
         while i < len(tail.got):
             t, v = tail.got[i]
             i += 1
@@ -296,12 +301,17 @@ async def wait_entries(
                 seen.add(v["entry_id"])
         if len(seen) == len(want):
             return last_at, len(seen)
-        idle_since = started if math.isnan(last_at) else last_at
-        if time.time() - idle_since > quiet_s and (not math.isnan(last_at) or time.monotonic() - started > 300):
+        now = time.monotonic()
+        if worker is not None and now - polled > 2.0:
+            polled = now
+            worker.rss_peak_kb = max(worker.rss_peak_kb, worker.rss_kb()[0])
+            with contextlib.suppress(Exception):
+                n = int(worker.scenario.http_json(worker.port, "/status")["applied"])
+                if n != applied:
+                    applied, progress = n, now
+        if now - progress > quiet_s:
             console.print(f"[yellow]{len(seen):,} of {len(want):,} expected entries; nothing new for {quiet_s:.0f}s[/]")
             return last_at, len(seen)
-        if worker is not None:
-            worker.rss_peak_kb = max(worker.rss_peak_kb, worker.rss_kb()[0])
         await asyncio.sleep(0.05)
 
 
