@@ -17,7 +17,7 @@ from streams.referral_store import MAX_COMMAND_ARGS, StagedCommands
             lambda c: c.hset("fx:u:u1", mapping={"t": 1762819200000, "d": 1}),
             ["HSET", "fx:u:u1", "t", "1762819200000", "d", "1"],
         ),
-        (lambda c: c.set("fx:o:o1", b"{\"a\":1}"), ["SET", "fx:o:o1", "{\"a\":1}"]),
+        (lambda c: c.set("fx:o:o1", b'{"a":1}'), ["SET", "fx:o:o1", '{"a":1}']),
         (lambda c: c.set("fx:ci:1:ip", 3, px=300000), ["SET", "fx:ci:1:ip", "3", "PX", "300000"]),
         (lambda c: c.zadd("fx:settle", {"o1": 1762819260000}), ["ZADD", "fx:settle", "1762819260000", "o1"]),
         (lambda c: c.sadd("fx:dl", "e1", "e2"), ["SADD", "fx:dl", "e1", "e2"]),
