@@ -309,7 +309,8 @@ async def wait_entries(
                 n = int(worker.scenario.http_json(worker.port, "/status")["applied"])
                 if n != applied:
                     applied, progress = n, now
-        if now - progress > quiet_s:
+        # Before the worker applied anything (start-up, group join, the first partitions' records) allow 300 s.
+        if now - progress > (quiet_s if applied > 0 or i > from_index else max(quiet_s, 300.0)):
             console.print(f"[yellow]{len(seen):,} of {len(want):,} expected entries; nothing new for {quiet_s:.0f}s[/]")
             return last_at, len(seen)
         await asyncio.sleep(0.05)
