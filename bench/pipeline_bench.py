@@ -527,6 +527,11 @@ async def phase_backlog(st: Any, tmp: Path, args: argparse.Namespace, program: A
     finally:
         await tail.stop()
         w.stop()
+    if seen < len(want):
+        # The temp dir goes with the run: keep the worker's log, which says why the backlog stopped short.
+        kept = args.out_dir / f"{time.strftime('%Y-%m-%dT%H%M%SZ', time.gmtime())}-worker-backlog.log"
+        shutil.copy(w.proc.log, kept)
+        console.print(f"[red]the backlog stopped at {seen:,} of {len(want):,} entries; worker log: {kept}[/]")
     orders = n_orders(recs)
     del prod
     # Redis at the backlog's size (issue 5 asks for bytes per user at 1M users, not at the main sale's size).
