@@ -29,6 +29,9 @@ IP_CLICKS_TTL_WINDOWS = 3
 IP_CLICKS_MIN_TTL_MS = 300_000
 LEASE_TTL_MS = 10_000
 MAX_CHAIN = 100_000
+# redis-py 8 gives up on a reply after 5 s; a big batch's script may run longer, and a worker that gave up
+# would crash and redo the same batch. A Redis that stays silent for this long is a real failure.
+STORE_SOCKET_TIMEOUT_S = 60.0
 
 _LOAD_LUA = """
 local req = cjson.decode(ARGV[1])
@@ -180,10 +183,28 @@ local epoch = redis.call('GET', KEYS[2])
 if epoch ~= ARGV[2] then return {'epoch', epoch or ''} end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
 """
+# ZUNIONSTORE d 2 d s AGGREGATE MAX (a user bound at first purchase brings its team up the chain) rewrites
+# all of d: 375 ms for a 200,000-member team, so a batch of them outran the client's timeout at 1M users.
+# Adding s's members to d with ZADD GT is the same union and costs what s holds.
 _COMMIT_LUA = (
     LEASE_AND_EPOCH_LUA
     + """local commands = cjson.decode(ARGV[4])
-for i = 1, #commands do redis.call(unpack(commands[i])) end
+for i = 1, #commands do
+  local c = commands[i]
+  if c[1] == 'ZUNIONSTORE' and #c == 7 and c[3] == '2' and c[4] == c[2] and c[6] == 'AGGREGATE' and c[7] == 'MAX' then
+    local src = redis.call('ZRANGE', c[5], 0, -1, 'WITHSCORES')
+    for j = 1, #src, 2000 do
+      local args = {}
+      for k = j, math.min(j + 1999, #src), 2 do
+        args[#args + 1] = src[k + 1]
+        args[#args + 1] = src[k]
+      end
+      redis.call('ZADD', c[2], 'GT', unpack(args))
+    end
+  else
+    redis.call(unpack(c))
+  end
+end
 return {'ok', tostring(#commands)}
 """
 )
@@ -281,7 +302,7 @@ class RedisStore:
         self.owner = owner
         self.epoch = epoch
         self._lock = asyncio.Lock()
-        self.redis = redis_conn.connect_async(url, decode_responses=True)
+        self.redis = redis_conn.connect_async(url, decode_responses=True, socket_timeout=STORE_SOCKET_TIMEOUT_S)
         self._load = self.redis.register_script(_LOAD_LUA)
         self._commit = self.redis.register_script(_COMMIT_LUA)
         self.click_ttl_ms = attribution_window_ms + CLICK_TTL_MARGIN_MS
