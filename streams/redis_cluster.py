@@ -30,7 +30,6 @@ from streams.referral_store import (
     LEASE_AND_EPOCH_LUA,
     LEASE_TTL_MS,
     MAX_CHAIN,
-    MAX_COMMAND_ARGS,
     RedisStore,
     StagedCommands,
     StateLost,
@@ -213,7 +212,6 @@ class ClusterStore(RedisStore):
     async def _write(self, commands: StagedCommands) -> tuple[str, str]:
         """Journal the batch (checking lease and epoch), then apply it node by node."""
         await self._recover()
-        commands.commands = await self._without_unions(commands.commands)
         payload = commands.payload() if commands.commands else ""
         verdict, found = await self._journal(
             keys=[names.KEY_LEASE, names.KEY_EPOCH, names.KEY_JOURNAL],
@@ -222,50 +220,6 @@ class ClusterStore(RedisStore):
         if verdict != "ok" or not commands.commands:
             return str(verdict), str(found)
         return await self._apply(int(found), commands.commands)
-
-    async def _without_unions(self, commands: list[list[str]]) -> list[list[str]]:
-        """Replace each ZUNIONSTORE (two users' teams, two slots) by ZADDs of what its sources will hold then.
-
-        The sources are read now (this worker is the only writer) and the batch's earlier ZADDs and unions
-        are played over them in order, so the journal holds plain single-key commands that redo the same.
-        """
-        unions = [c for c in commands if c[0].upper() == "ZUNIONSTORE"]
-        if not unions:
-            return commands
-        watched = sorted({k for c in unions for k in c[3 : 3 + int(c[2])]})
-        async with self.redis.pipeline(transaction=False) as p:
-            for k in watched:
-                p.zrange(k, 0, -1, withscores=True)
-            got = await p.execute()
-        sets: dict[str, dict[str, float]] = {k: dict(pairs) for k, pairs in zip(watched, got, strict=True)}
-        out: list[list[str]] = []
-        for c in commands:
-            name = c[0].upper()
-            if name == "ZADD" and c[1] in sets:
-                args = c[2:]
-                while args and args[0].upper() in ("NX", "XX", "GT", "LT", "CH"):
-                    args = args[1:]
-                zs = sets[c[1]]
-                for raw, member in zip(args[0::2], args[1::2], strict=True):
-                    zs[member] = float(raw)
-            if name != "ZUNIONSTORE":
-                out.append(c)
-                continue
-            dest, n = c[1], int(c[2])
-            srcs, rest = c[3 : 3 + n], [a.upper() for a in c[3 + n :]]
-            if rest not in ([], ["AGGREGATE", "MAX"]):
-                raise ValueError(f"ZUNIONSTORE {rest} has no single-slot equivalent here (only AGGREGATE MAX)")
-            union: dict[str, float] = {}
-            for k in srcs:
-                for member, score in sets.get(k, {}).items():
-                    union[member] = max(union.get(member, score), score)
-            if dest not in srcs:
-                out.append(["DEL", dest])
-            flat = [x for member, score in sorted(union.items()) for x in (format(score, ".17g"), member)]
-            for i in range(0, len(flat), MAX_COMMAND_ARGS - 4):
-                out.append(["ZADD", dest, "GT", *flat[i : i + MAX_COMMAND_ARGS - 4]])
-            sets[dest] = union
-        return out
 
     async def _recover(self) -> None:
         """Redo the journal's last batch once, before this worker reads or writes anything (a no-op if it landed)."""

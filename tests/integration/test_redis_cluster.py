@@ -125,13 +125,18 @@ def test_a_batch_applied_on_one_node_only_is_completed_once_by_the_next_worker(c
         store = ClusterStore(cluster_url, 0, owner="w1", epoch="e1")
         real = store._apply_node
         calls = 0
+        first_landed = asyncio.Event()
 
         async def one_node_then_die(node: Any, seq: int, groups: list[list[Any]]) -> tuple[str, str]:
             nonlocal calls
             calls += 1
             if calls > 1:
+                await first_landed.wait()  # the nodes are applied concurrently: die only once one has it
                 raise ConnectionError("worker killed mid-commit")
-            return await real(node, seq, groups)
+            try:
+                return await real(node, seq, groups)
+            finally:
+                first_landed.set()
 
         store._apply_node = one_node_then_die  # type: ignore[method-assign]
         try:
