@@ -210,8 +210,7 @@ class ClusterStore(RedisStore):
                 raise StateLost(_state_lost_message(f"slot {s}: {m!r}"))
 
     async def _write(self, commands: StagedCommands) -> tuple[str, str]:
-        """Journal the batch (checking lease and epoch), then apply it node by node."""
-        await self._recover()
+        """Journal the batch (checking lease and epoch), then apply it node by node (after _guarded's _recover)."""
         payload = commands.payload() if commands.commands else ""
         verdict, found = await self._journal(
             keys=[names.KEY_LEASE, names.KEY_EPOCH, names.KEY_JOURNAL],
