@@ -161,6 +161,12 @@ class Aligner:
             if offset is not None:
                 part.next_offset = offset + 1
 
+    def advance(self, tp: Hashable, next_offset: int) -> None:
+        """The consumer's position moved (records returned, or transaction markers and aborted records skipped)."""
+        part = self.parts.get(tp)
+        if part is not None and (part.next_offset is None or next_offset > part.next_offset):
+            part.next_offset = next_offset
+
     def earliest_held(self) -> SeqKey | None:
         """The key of the first event still waiting (released or not, nothing before it may be skipped)."""
         return self._heap[0].key if self._heap else None

@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 import faust
+from faust.app.base import BootStrategy
 
 from streams.settings import get_settings
 
 _s = get_settings()
 
-app = faust.App(
+
+class _Boot(BootStrategy):
+    """faust without its consumer: the input topics are read by streams.consume (aiokafka directly)."""
+
+    enable_kafka_consumer = False
+
+
+class App(faust.App):
+    """The fenxiao app: web views, tasks and timers from faust; no faust consumer group."""
+
+    BootStrategy = _Boot
+
+
+app = App(
     _s.app_id,
     broker=f"kafka://{_s.kafka}",
     store="memory://",

@@ -2,51 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from streams import names
 from streams.config import Program
-from streams.ledger import Binding, Entry, LimitedClick
+from streams.outputs import KafkaOutputs
 from streams.projections import default_projections
 from streams.referral_store import RedisStore, open_store
-from streams.sequencer import DeadLetter, Sequencer
+from streams.sequencer import Sequencer
 from streams.settings import Settings
 from streams.sink import ClickHouseSink
-
-
-def _json(value: dict[str, object]) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-
-
-class FaustOutputs:
-    """Sends a batch's records through the app's producer and waits for every broker ack."""
-
-    async def send_all(
-        self,
-        entries: Sequence[Entry],
-        bindings: Sequence[Binding],
-        dead: Sequence[DeadLetter],
-        limited: Sequence[LimitedClick] = (),
-    ) -> None:
-        """Produce commissions by beneficiary, bindings by user, dead letters as input, limited clicks by visitor.
-
-        Straight to faust's producer (the partitioner is the same): faust's Topic.send wraps every record
-        in channel and future objects that cost more than the record itself.
-        """
-        from streams.app import app
-
-        records: list[tuple[str, bytes | None, dict[str, object]]] = []
-        records.extend((names.COMMISSIONS, e.beneficiary_id.encode(), e.as_record()) for e in entries)
-        records.extend((names.BINDINGS, b.user_id.encode(), b.as_record()) for b in bindings)
-        records.extend((names.DEAD_LETTERS, d.key, d.as_record()) for d in dead)
-        records.extend((names.CLICKS_LIMITED, c.visitor_id.encode(), c.as_record()) for c in limited)
-        send = app.producer.send
-        futs = [await send(topic, key, _json(value), None, None, None) for topic, key, value in records]
-        if futs:
-            await asyncio.gather(*futs)
 
 
 @dataclass
@@ -57,6 +21,7 @@ class Runtime:
     program: Program
     store: RedisStore
     sequencer: Sequencer
+    outputs: KafkaOutputs
     sink: ClickHouseSink
     sink_written: dict[str, int] = field(default_factory=dict)
     sink_lag: int | None = None  # records the sink has still to read; None until its consumer is assigned
@@ -75,6 +40,7 @@ def init(settings: Settings, program: Program, sink: ClickHouseSink, owner: str,
         epoch,
         click_window_ms=program.clicks.window_ms,
     )
+    outputs = KafkaOutputs(settings.kafka, f"{settings.app_id}-outputs")
     _runtime = Runtime(
         settings,
         program,
@@ -82,11 +48,12 @@ def init(settings: Settings, program: Program, sink: ClickHouseSink, owner: str,
         Sequencer(
             program,
             store,
-            FaustOutputs(),
+            outputs,
             batch_size=settings.batch_size,
             crash_at=settings.crash_at,
             projections=default_projections(),
         ),
+        outputs,
         sink,
     )
     return _runtime
