@@ -59,12 +59,7 @@ def parse_ts_ms(value: str) -> int:
     """RFC 3339 with a zone to the true UTC instant in epoch ms (finer digits truncated); else ValueError."""
     if _TS_MATCH(value) is None:
         raise ValueError(f"ts {TS_HINT}, got {value[:40]!r}")
-    ms = (
-        _day_ms(value[:10])
-        + int(value[11:13]) * 3_600_000
-        + int(value[14:16]) * 60_000
-        + int(value[17:19]) * 1000
-    )
+    ms = _day_ms(value[:10]) + int(value[11:13]) * 3_600_000 + int(value[14:16]) * 60_000 + int(value[17:19]) * 1000
     last = value[-1]
     end = len(value) - 1 if last in "Zz" else len(value) - 6
     if value[19] == ".":
@@ -168,6 +163,13 @@ class Order(_Event, frozen=True, kw_only=True):
                 _check_items(self.items, self.amount_cents)
         elif self.items is not None:
             raise ValueError(f"items: only on paid and refunded orders, not on a {self.type} one")
+
+    def as_dict(self) -> dict[str, Any]:
+        """As _Event.as_dict, with items a list of plain dicts as in the JSON it came from."""
+        out = super().as_dict()
+        if out["items"] is not None:
+            out["items"] = list(out["items"])
+        return out
 
 
 def _check_items(items: tuple[Item, ...], amount_cents: int) -> None:
@@ -306,6 +308,8 @@ def decode(topic: str, raw: bytes | str | None) -> Event | Invalid:
         return _invalid(_detail(e), raw)
     except msgspec.DecodeError as e:
         return Invalid(f"not JSON: {e}", None, None)
+    except RecursionError:
+        return Invalid("not JSON: nested too deeply to decode", None, None)
     return ev
 
 
@@ -313,7 +317,7 @@ def _invalid(detail: str, raw: bytes) -> Invalid:
     """The refusal, with the record's event_id and ts if they are readable."""
     try:
         ids = _IDS.decode(raw)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return Invalid(detail, None, None)
     return Invalid(detail, _readable_id(ids.event_id), _readable_id(ids.ts))
 
