@@ -613,4 +613,6 @@ class Ledger:
             return self.apply_signup(ev)
         if isinstance(ev, Click):
             return self.apply_click(ev, key)
-        return self.apply_tier(ev, key)
+        if isinstance(ev, Tier):
+            return self.apply_tier(ev, key)
+        raise TypeError(f"{type(ev).__name__}: a contract v2 event, decoded but not applied by this engine yet")

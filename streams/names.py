@@ -10,6 +10,11 @@ COMMISSIONS = "fenxiao.commissions"
 BINDINGS = "fenxiao.bindings"
 DEAD_LETTERS = "fenxiao.dead-letters"
 CLICKS_LIMITED = "fenxiao.clicks-limited"  # clicks over the rate limit, not used for attribution (docs/decisions.md)
+# Contract v2 inputs: decoded by schemas/events.py, not consumed by the worker until the pipeline is wired for them.
+DISTRIBUTORS = "fenxiao.distributors"
+ADJUSTMENTS = "fenxiao.adjustments"
+WITHDRAWALS = "fenxiao.withdrawals"
+V2_INPUT_TOPICS: tuple[str, ...] = (DISTRIBUTORS, ADJUSTMENTS, WITHDRAWALS)
 
 INPUT_TOPICS: tuple[str, ...] = (TIERS, CLICKS, SIGNUPS, ORDERS)
 OUTPUT_TOPICS: tuple[str, ...] = (COMMISSIONS, BINDINGS, DEAD_LETTERS, CLICKS_LIMITED)
