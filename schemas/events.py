@@ -93,6 +93,15 @@ class Signup(_Event):
 OrderType = Literal["paid", "refunded", "completed", "cancelled"]
 
 
+class Item(BaseModel):
+    """One line of an order (contract v2): a product and the cents paid or refunded for it."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    sku_id: Id
+    amount_cents: Cents
+
+
 class Order(_Event):
     """One step of an order's life; all steps of one order share the buyer key."""
 
@@ -103,11 +112,19 @@ class Order(_Event):
     campaign_id: Id | None = None
     ref: Id | None = None
     visitor_id: Id | None = None
+    items: tuple[Item, ...] | None = None
 
     def model_post_init(self, __context: Any) -> None:
         super().model_post_init(__context)
         if self.type in ("paid", "refunded") and self.amount_cents is None:
             raise ValueError(f"amount_cents is required on a {self.type} order")
+        if self.items is not None:
+            if not self.items:
+                raise ValueError("items must not be empty")
+            if self.type == "paid" and len({i.sku_id for i in self.items}) != len(self.items):
+                raise ValueError("items: sku_id must be distinct")
+            if sum(i.amount_cents for i in self.items) != self.amount_cents:
+                raise ValueError("items: amounts must add up to amount_cents")
 
 
 class Tier(_Event):
@@ -117,13 +134,56 @@ class Tier(_Event):
     tier: Id
 
 
-Event = Click | Signup | Order | Tier
+class DistributorStatus(_Event):
+    """An operator approved, froze or revoked a distributor (contract v2)."""
+
+    user_id: Id
+    status: Literal["active", "frozen", "revoked"]
+    reason: StrictStr | None = None
+
+
+SignedCents = Annotated[StrictInt, Field(ge=-MAX_AMOUNT_CENTS, le=MAX_AMOUNT_CENTS)]
+
+
+class Adjustment(_Event):
+    """An operator's manual credit or debit on a distributor's available balance (contract v2)."""
+
+    adjustment_id: Id
+    distributor_id: Id
+    amount_cents: SignedCents
+    reason: Annotated[StrictStr, Field(min_length=1)]
+
+    def model_post_init(self, __context: Any) -> None:
+        super().model_post_init(__context)
+        if self.amount_cents == 0:
+            raise ValueError("amount_cents must not be zero")
+
+
+class Withdrawal(_Event):
+    """One step of a withdrawal request's life (contract v2)."""
+
+    withdrawal_id: Id
+    distributor_id: Id
+    type: Literal["requested", "approved", "rejected", "paid", "failed"]
+    amount_cents: Cents | None = None
+    channel: StrictStr | None = None
+
+    def model_post_init(self, __context: Any) -> None:
+        super().model_post_init(__context)
+        if self.type == "requested" and self.amount_cents is None:
+            raise ValueError("amount_cents is required on a requested withdrawal")
+
+
+Event = Click | Signup | Order | Tier | DistributorStatus | Adjustment | Withdrawal
 
 MODEL_BY_TOPIC: dict[str, type[_Event]] = {
     names.CLICKS: Click,
     names.SIGNUPS: Signup,
     names.ORDERS: Order,
     names.TIERS: Tier,
+    names.DISTRIBUTORS: DistributorStatus,
+    names.ADJUSTMENTS: Adjustment,
+    names.WITHDRAWALS: Withdrawal,
 }
 
 
