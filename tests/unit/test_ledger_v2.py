@@ -1013,3 +1013,38 @@ def test_itemized_order_state_keeps_items_and_locked_item_rates() -> None:
     assert o.item_rates_bps == [[2000, 1000, 0], [800, 500, 0], [300, 200, 0]]
     assert o.amounts == [750, 335, 130]
     assert (o.paid_cents, o.refunded_cents) == (10000, 2500)
+
+
+def _raw_order(t: float, eid: str, typ: str, amount: int, items: list[tuple[str, int]]) -> dict[str, Any]:
+    lines = [{"sku_id": s, "amount_cents": c} for s, c in items]
+    return _order(t, typ, "o1", "D", eid, amount_cents=amount, items=lines)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        _raw_order(10, "p1", "paid", 10000, [("P", 3000), ("X", 6999)]),  # 9999 ≠ 10000
+        _raw_order(10, "p1", "paid", 10000, [("P", 5000), ("P", 5000)]),  # sku twice
+        _raw_order(10, "p1", "paid", 0, []),  # empty list
+    ],
+    ids=["paid-items-do-not-add-up", "paid-sku-twice", "paid-items-empty"],
+)
+def test_bad_items_are_invalid_events_and_move_nothing(bad: dict[str, Any]) -> None:
+    run = reference.run([*CHAIN, bad], program(), at(100))
+    assert run.entries == []
+    assert [(d["event_id"], d["reason"]) for d in run.dead_letters] == [("p1", "invalid_event")]
+
+
+def test_refund_items_that_do_not_add_up_are_invalid_and_the_order_is_untouched() -> None:
+    bad = _raw_order(20, "r1", "refunded", 2500, [("P", 1000), ("X", 1000)])  # 2000 ≠ 2500
+    run = run_case(Case([*CHAIN, MIXED, bad, refunded(30, "o1", "D", 10000, eid="r2")], []))
+    assert run.dead == [("r1", "invalid_event")]
+    # the full refund afterwards takes back exactly what was accrued: nothing was refunded by r1
+    assert run.entries == sorted(
+        [
+            *MIXED_ACCRUED,
+            e("o1", 1, "C", "reversed", -1100),
+            e("o1", 2, "B", "reversed", -490),
+            e("o1", 3, "A", "reversed", -190),
+        ]
+    )
