@@ -1048,3 +1048,29 @@ def test_refund_items_that_do_not_add_up_are_invalid_and_the_order_is_untouched(
             e("o1", 3, "A", "reversed", -190),
         ]
     )
+
+
+@pytest.mark.parametrize(
+    "later",
+    [
+        tier(120, "A", "gold"),
+        status(120, "A", "frozen"),
+        signup(120, "Z"),
+        paid(120, "o2", "A", 100),
+        adjust(120, "aw", "A", 100),
+        wd(120, "w1", "C", "requested", 1000),
+    ],
+    ids=["tiers", "distributors", "signups", "orders", "adjustments", "withdrawals"],
+)
+def test_an_event_of_any_topic_at_the_settle_ts_comes_after_the_settlement(later: dict[str, Any]) -> None:
+    # freeze 100 s: o1 completed at 20 settles at 120: C 1000, B 500, A 200 settle before the event at 120
+    records = [*CHAIN, paid(10, "o1", "D", 10000), completed(20, "o1", "D", eid="k1")]
+    ledger = Ledger(program(freeze=100), State())
+    for key, ev in decoded(records):
+        assert [x.kind for x in ledger.step(ev, key).entries if x.kind == "settled"] == []
+    ((key, ev),) = decoded([later])
+    out = ledger.step(ev, key)
+    settled = [(x.beneficiary_id, x.amount_cents) for x in out.entries if x.kind == "settled"]
+    assert settled == [("C", 1000), ("B", 500), ("A", 200)]
+    assert [x.kind for x in out.entries][:3] == ["settled", "settled", "settled"]
+    assert all(x.entry_id.startswith("k1:") and x.ts_ms == at(120) for x in out.entries[:3])
