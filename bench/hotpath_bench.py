@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         t.add_row(k, f"{v:.3f}", f"{v / n_orders * 1e6:.1f}", f"{v / total:.0%}")
     t.add_row("total", f"{total:.3f}", f"{total / n_orders * 1e6:.1f}", "100%")
     Console().print(t)
-    Console().print(f"one core, this part only: {n_orders / total:,.0f} order records/s ({len(recs) / total:,.0f} records/s)")
+    rates = f"{n_orders / total:,.0f} order records/s ({len(recs) / total:,.0f} records/s)"
+    Console().print(f"one core, this part only: {rates}")
     return 0
 
 

@@ -6,6 +6,9 @@ CLICKS = "fenxiao.clicks"
 SIGNUPS = "fenxiao.signups"
 ORDERS = "fenxiao.orders"
 TIERS = "fenxiao.tiers"
+DISTRIBUTORS = "fenxiao.distributors"
+ADJUSTMENTS = "fenxiao.adjustments"
+WITHDRAWALS = "fenxiao.withdrawals"
 COMMISSIONS = "fenxiao.commissions"
 BINDINGS = "fenxiao.bindings"
 DEAD_LETTERS = "fenxiao.dead-letters"
@@ -25,6 +28,17 @@ SINK_GROUP_SUFFIX = ".sink"
 
 # Same-ts tie-break of the spec: tiers < clicks < signups < orders.
 TOPIC_RANK: dict[str, int] = {TIERS: 0, CLICKS: 1, SIGNUPS: 2, ORDERS: 3}
+# Contract v2's full tie-break: tiers < distributors < clicks < signups < orders < adjustments < withdrawals.
+# Separate from TOPIC_RANK, which decides what today's worker consumes.
+TOPIC_RANK_V2: dict[str, int] = {
+    TIERS: 0,
+    DISTRIBUTORS: 1,
+    CLICKS: 2,
+    SIGNUPS: 3,
+    ORDERS: 4,
+    ADJUSTMENTS: 5,
+    WITHDRAWALS: 6,
+}
 
 ENV_PREFIX = "FENXIAO_"
 ENV_KAFKA = "FENXIAO_KAFKA"
