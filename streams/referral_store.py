@@ -21,7 +21,7 @@ from redis.commands.core import DataAccessCommands
 from schemas.events import Click, Event, Order, Signup, Tier
 from streams import names, redis_conn
 from streams.config import ClickLimits
-from streams.ledger import ClickMark, IpWindow, OrderState, SeqKey, State, TierMark, User
+from streams.ledger import Balance, ClickMark, IpWindow, OrderState, SeqKey, State, TierMark, User
 
 _JSON = msgspec.json.Encoder()
 _ORDER = msgspec.json.Decoder(list[Any])
@@ -111,13 +111,15 @@ def encode_order(o: OrderState) -> str:
             o.completed_event_id,
             o.settle_at_ms,
             o.event_ids,
+            *((o.item_skus, o.item_cents, o.item_refunded_cents, o.item_rates_bps) if o.item_skus else ()),
         ]
     ).decode()
 
 
 def decode_order(s: str) -> OrderState:
     """Inverse of encode_order."""
-    b, c, flags, paid, refunded, bens, rates, cap, amounts, completed, settle_at, eids = _ORDER.decode(s)
+    b, c, flags, paid, refunded, bens, rates, cap, amounts, completed, settle_at, eids, *items = _ORDER.decode(s)
+    skus, cents, item_refunded, item_rates = items if items else ([], [], [], [])
     return OrderState(
         buyer_id=b,
         campaign_id=c,
@@ -133,6 +135,10 @@ def decode_order(s: str) -> OrderState:
         completed_event_id=completed,
         settle_at_ms=settle_at,
         event_ids=eids,
+        item_skus=skus,
+        item_cents=cents,
+        item_refunded_cents=item_refunded,
+        item_rates_bps=item_rates,
     )
 
 
@@ -518,6 +524,7 @@ class RedisStore:
         state.dirty_orders.clear()
         state.new_dead_ids.clear()
         state.balance_deltas.clear()
+        state.dirty_balances.clear()
         return staged
 
     async def write(self, staged: StagedCommands) -> None:
@@ -539,6 +546,8 @@ class RedisStore:
             c = ["HSET", ku + uid, "t", str(u.signup_ms), "d", "1" if u.distributor else "0", "e", u.signup_event_id]
             if u.inviter is not None:
                 c += ["i", u.inviter]
+            if u.status_key is not None:
+                c += ["f", "1" if u.frozen else "0", "sk", _key_str(u.status_key)]
             add(c)
         for uid in state.dirty_tiers:
             mark = state.tiers[uid]
@@ -604,6 +613,8 @@ class RedisStore:
             state.orders[oid] = order
             if order.settle_at_ms is not None and not order.settled:
                 state.settle_index[oid] = order.settle_at_ms
+        async for uid, m in self._scan_hashes(names.KEY_BALANCE):
+            state.balances[uid] = Balance(int(m.get("p", 0)), int(m.get("a", 0)), int(m.get("l", 0)))
         state.dead_ids = set(await self.redis.smembers(names.KEY_DEAD))
         return state
 
@@ -671,7 +682,15 @@ def _click(m: dict[str, str]) -> ClickMark:
 
 
 def _user(m: dict[str, str]) -> User:
-    return User(signup_ms=int(m["t"]), distributor=m.get("d") == "1", inviter=m.get("i"), signup_event_id=m["e"])
+    sk = m.get("sk")
+    return User(
+        signup_ms=int(m["t"]),
+        distributor=m.get("d") == "1",
+        inviter=m.get("i"),
+        signup_event_id=m["e"],
+        frozen=m.get("f") == "1",
+        status_key=_key_parse(sk) if sk else None,
+    )
 
 
 def _as_map(v: Any) -> dict[str, Any]:

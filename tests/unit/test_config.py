@@ -377,7 +377,7 @@ def test_withdrawals_defaults_without_the_section() -> None:
 
 
 def test_money_out_config_loads() -> None:
-    program = load(FIXTURES / "money-out" / "fenxiao.toml")
+    program = load(FIXTURES / "v2" / "money-out" / "fenxiao.toml")
     assert program.products == {"sku-phone": (300, 100, 50), "sku-tea": (2500, 800, 300), "sku-gift": None}
     # fee 60 bps half up, at least 10: 30000×60 = 1800000 + 5000 → 180; 500×60 = 30000 + 5000 → 3 → 10
     assert program.withdrawals.fee(30000) == 180

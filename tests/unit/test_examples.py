@@ -12,7 +12,7 @@ import pytest
 from streams import config, outcome, reference
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
-EXAMPLES = ["basic", "two-level", "messy", "money-out"]
+EXAMPLES = ["basic", "two-level", "messy", "v2/money-out"]
 
 # Every scenario ends by 2026-11-11T00:11Z. basic and messy freeze for 0 s (orders settle at completion), money-out
 # for 20 s;
@@ -115,7 +115,7 @@ def test_two_level_settles_everything_completed_once_the_clock_passes() -> None:
 
 def test_money_out_balances_carry_all_four_and_match_their_formulas() -> None:
     """The balances of expected.json follow from its own entries by the spec's v2 formulas, and no one overdraws."""
-    records, program, expected = load("money-out")
+    records, program, expected = load("v2/money-out")
     got = summarize(records, program)
     sums: dict[str, dict[str, int]] = {}
     for key, amount in expected["entries"].items():
@@ -140,7 +140,7 @@ def test_money_out_balances_carry_all_four_and_match_their_formulas() -> None:
 
 def test_money_out_withdrawn_entries_carry_fee_and_payout() -> None:
     """fee 60 bps half up, at least 10 cents: 30000 → 180, 500 → 3 → 10."""
-    records, program, _ = load("money-out")
+    records, program, _ = load("v2/money-out")
     run = reference.run(records, program, NOW_MS)
     fees = {
         e["withdrawal_id"]: (e["amount_cents"], e["fee_cents"], e["payout_cents"])
