@@ -84,8 +84,13 @@ def parse_ts_ms(value: str) -> int:
 
 def format_ts(ms: int) -> str:
     """Epoch milliseconds to the contract's canonical form, 2026-11-11T00:00:00.000Z."""
-    dt = datetime.fromtimestamp(ms // 1000, tz=UTC)
-    return f"{dt:%Y-%m-%dT%H:%M:%S}.{ms % 1000:03d}Z"
+    return f"{_second_str(ms // 1000)}.{ms % 1000:03d}Z"
+
+
+@lru_cache(maxsize=8192)
+def _second_str(second: int) -> str:
+    """YYYY-MM-DDTHH:MM:SS of an epoch second, cached: every entry of an event, and its neighbours, share it."""
+    return f"{datetime.fromtimestamp(second, tz=UTC):%Y-%m-%dT%H:%M:%S}"
 
 
 class _Event(msgspec.Struct, frozen=True, kw_only=True, dict=True):

@@ -19,8 +19,8 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import Callable, Hashable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from streams.ledger import SeqKey
 
@@ -94,13 +94,14 @@ class PartitionClock:
         return (self.last_ts_ms, self.rank, "")
 
 
-@dataclass(order=True, slots=True)
-class _Held:
+class _Held(NamedTuple):
+    """A held event; a tuple so the heap compares in C, and (key, seq) is unique so tp and item are never compared."""
+
     key: SeqKey
     seq: int
-    tp: Hashable = field(compare=False)
-    item: Any = field(compare=False)
-    arrived: float = field(compare=False, default=0.0)
+    tp: Hashable
+    item: Any
+    arrived: float
 
 
 class Aligner:
