@@ -109,7 +109,10 @@ class OffsetBook:
 
     def read(self, tp: TopicPartition, offset: int) -> None:
         """A record of tp was read and is held."""
-        self._open.setdefault(tp, deque()).append(offset)
+        q = self._open.get(tp)
+        if q is None:
+            q = self._open[tp] = deque()
+        q.append(offset)
 
     def position(self, tp: TopicPartition, next_offset: int) -> None:
         """Everything of tp before next_offset has been read (markers and aborted records included)."""

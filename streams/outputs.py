@@ -2,8 +2,8 @@
 
 aiokafka's `send` costs a future, a partitioner call and a metadata check per record; a batch of records
 for one partition built with `create_batch` and sent with `send_batch` costs one of each per partition.
-Partitions are chosen as Java's default partitioner does (murmur2 of the key), so consumers that rely on
-keys landing on the same partition as other clients' records see no difference.
+Partitions are chosen as Java's default partitioner does (murmur2 of the key, in C), so consumers that rely
+on keys landing on the same partition as other clients' records see no difference.
 """
 
 from __future__ import annotations
@@ -13,13 +13,18 @@ from collections.abc import Sequence
 from typing import Any
 
 import msgspec
+import murmurhash2
 from aiokafka import AIOKafkaProducer
-from aiokafka.partitioner import murmur2
 
 OutputRecord = tuple[str, bytes | None, dict[str, object]]
 _JSON = msgspec.json.Encoder()
-# Records per send_batch are bounded by the producer's max_batch_size; this bounds the key -> partition cache.
-PARTITION_CACHE_MAX = 500_000
+# Java's DefaultPartitioner: murmur2 with this seed, sign bit cleared, modulo the partition count.
+MURMUR2_SEED = 0x9747B28C
+
+
+def java_partition(key: bytes, partitions: int) -> int:
+    """The partition Java's default partitioner (and aiokafka's) gives a keyed record; murmur2 in C."""
+    return (murmurhash2.murmurhash2(key, MURMUR2_SEED) & 0x7FFFFFFF) % partitions
 
 
 class KafkaOutputs:
@@ -37,7 +42,6 @@ class KafkaOutputs:
         }
         self._producer: AIOKafkaProducer | None = None
         self._parts: dict[str, list[int]] = {}
-        self._cache: dict[tuple[str, bytes], int] = {}
         self._rr = 0
         self._started = False
 
@@ -70,27 +74,21 @@ class KafkaOutputs:
             parts = self._parts[topic] = sorted(got or {0})
         return parts
 
-    async def _partition(self, topic: str, key: bytes | None) -> int:
-        parts = await self._partitions(topic)
+    def _partition(self, parts: list[int], key: bytes | None) -> int:
         if key is None:
             self._rr += 1
             return parts[self._rr % len(parts)]
-        ck = (topic, key)
-        p = self._cache.get(ck)
-        if p is None:
-            if len(self._cache) > PARTITION_CACHE_MAX:
-                self._cache.clear()
-            p = self._cache[ck] = parts[(murmur2(key) & 0x7FFFFFFF) % len(parts)]
-        return p
+        return parts[java_partition(key, len(parts))]
 
     async def send_records(self, records: Sequence[OutputRecord]) -> None:
         """Group by partition, append to batches, send them, wait for every ack."""
         if not records:
             return
         groups: dict[tuple[str, int], list[tuple[bytes | None, bytes]]] = {}
+        parts_of = {topic: await self._partitions(topic) for topic in {r[0] for r in records}}
+        encode, partition = _JSON.encode, self._partition
         for topic, key, record in records:
-            p = await self._partition(topic, key)
-            groups.setdefault((topic, p), []).append((key, _JSON.encode(record)))
+            groups.setdefault((topic, partition(parts_of[topic], key)), []).append((key, encode(record)))
         futs: list[Any] = []
         producer = self.producer
         for (topic, p), items in groups.items():
