@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import gc
 import json
 import pstats
 import sys
@@ -33,8 +34,8 @@ from streams.alignment import Aligner  # noqa: E402
 from streams.config import parse  # noqa: E402
 from streams.consume import DeadLetter, Record, classify  # noqa: E402
 from streams.demo import program_toml  # noqa: E402
-from streams.ledger import Ledger, State, seq_key  # noqa: E402
-from streams.referral_store import RedisStore  # noqa: E402
+from streams.ledger import Ledger, seq_key  # noqa: E402
+from streams.referral_store import CachedState, RedisStore  # noqa: E402
 from streams.sequencer import output_records  # noqa: E402
 
 PARTITIONS = 4
@@ -57,7 +58,7 @@ def records(users: int, orders: int, seed: int) -> list[Record]:
 def run(recs: list[Record], batch_size: int) -> dict[str, float]:
     """CPU seconds per stage over the whole sale."""
     program = parse(program_toml(freeze_seconds=60, grace_seconds=1))
-    state = State(complete=True)
+    state = CachedState()
     store = RedisStore("redis://127.0.0.1:1/0", program.attribution_window_ms)
     enc = msgspec.json.Encoder()
     clock = [0.0]
@@ -111,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=2000)
     ap.add_argument("--profile", action="store_true", help="print the 25 most expensive functions (cumulative)")
     a = ap.parse_args(argv)
+    from streams.agents import GC_THRESHOLDS
+
+    gc.set_threshold(*GC_THRESHOLDS)  # as the worker runs
     recs = records(a.users, a.orders, a.seed)
     n_orders = sum(1 for r in recs if r.topic == names.ORDERS)
     if a.profile:

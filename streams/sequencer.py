@@ -31,7 +31,7 @@ from streams.alignment import INF_KEY, Aligner
 from streams.config import Program
 from streams.consume import DeadLetter, Held, InputReader, classify
 from streams.ledger import Binding, Entry, Ledger, LimitedClick, State, seq_key
-from streams.referral_store import RedisStore, StagedCommands
+from streams.referral_store import CachedState, RedisStore, StagedCommands
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class Sequencer:
         self.wall_ms = wall_ms
         self.wakeup = asyncio.Event()
         self.stats = Stats()
-        self.state = State(complete=True)
+        self.state: State = CachedState()
         self.reader: InputReader | None = None
         self._last_settle_check = float("-inf")
         self._stopping = False
@@ -129,6 +129,7 @@ class Sequencer:
         self._committed: dict[Any, int] = {}
         self._last_offset_commit = float("-inf")
         self._lock = asyncio.Lock()
+        self._ip_window = -1
 
     def use_broker(self, end_offsets: Callable[[list[Hashable]], Awaitable[Mapping[Hashable, int]]]) -> None:
         """Ask the broker (end_offsets) before treating a quiet partition as idle, not the consumer's highwater."""
@@ -321,11 +322,14 @@ class Sequencer:
             for _, h in batch:
                 book.released(_tp(h.topic, h.partition), h.offset)
         self._formed += 1
+        projected = StagedCommands()
+        for proj in self.projections:  # before the state is staged: they read this batch's orders
+            proj.stage(projected, state, entries, bindings)
         staged = self.store.stage(state, batch[-1][0] if batch else None)
-        if self.projections:
-            for proj in self.projections:
-                proj.stage(staged, state, entries, bindings)
+        staged.commands[:0] = projected.commands
         state.limited_ids.clear()
+        if batch:
+            self._forget_old_ip_windows(batch[-1][0][0])
         records = output_records(entries, bindings, dead, limited)
         offsets = book.committable() if book is not None else {}
         await self._wait_flush()
@@ -338,6 +342,17 @@ class Sequencer:
         self.stats.limited_clicks += len(limited)
         self.stats.last_batch_ms = (time.perf_counter() - t0) * 1000
         return len(batch) == self.batch_size
+
+    def _forget_old_ip_windows(self, ts_ms: int) -> None:
+        """Per-ip click counts of windows the sequence has left behind are never read again: drop them."""
+        limits = self.program.clicks
+        window = limits.window(ts_ms)
+        if window <= self._ip_window:
+            return
+        self._ip_window = window
+        counts = self.state.ip_clicks
+        for k in [k for k in counts if k[0] < window - 1]:
+            del counts[k]
 
     async def _write(
         self, n: int, records: list[OutputRecord], staged: StagedCommands, offsets: dict[Any, int]
