@@ -398,7 +398,7 @@ def _batches(segment: bytes) -> Iterable[tuple[int, int, int]]:
 
 
 def corrupt_batch(partition_dir: Path, base_offset: int, how: str) -> None:
-    """Rewrite the batch at `base_offset` in place on the broker's disk: garbage payload or a codec id Kafka lacks."""
+    """Rewrite the batch at `base_offset` in place on the broker's disk: garbage payload, unknown codec, bad CRC."""
     for seg in sorted(partition_dir.glob("*.log")):
         data = bytearray(seg.read_bytes())
         for pos, base, size in _batches(bytes(data)):
@@ -411,9 +411,12 @@ def corrupt_batch(partition_dir: Path, base_offset: int, how: str) -> None:
                 data[payload : pos + size] = bytes(0xA5 for _ in range(pos + size - payload))
             elif how == "unknown-codec":
                 data[attrs_at + 1] = (data[attrs_at + 1] & ~0x07) | 0x06  # codec 6 does not exist
+            elif how == "bad-crc":
+                data[pos + size - 1] ^= 0xFF  # one flipped bit pattern in the last byte, CRC left as it was
             else:
                 raise AssertionError(how)
-            struct.pack_into(">I", data, pos + 17, calc_crc32c_py(memoryview(data)[attrs_at : pos + size]))
+            if how != "bad-crc":
+                struct.pack_into(">I", data, pos + 17, calc_crc32c_py(memoryview(data)[attrs_at : pos + size]))
             with open(seg, "r+b") as f:
                 f.seek(pos)
                 f.write(data[pos : pos + size])
@@ -445,7 +448,7 @@ async def produce_zstd_batch(bootstrap: str, partition: int) -> int:
     return min(m.offset for m in metas)
 
 
-@pytest.mark.parametrize("how", ["garbage-zstd", "unknown-codec"])
+@pytest.mark.parametrize("how", ["garbage-zstd", "unknown-codec", "bad-crc"])
 def test_a_batch_the_client_cannot_decode_stops_the_worker_with_a_clear_error(pipe: Env, how: str) -> None:
     """The worker does not crash or crash-loop: it stays up, stops consuming, and says where and what to do.
 
