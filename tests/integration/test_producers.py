@@ -15,6 +15,7 @@ import struct
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
@@ -121,19 +122,49 @@ def python_read(bootstrap: str, topic: str) -> list[tuple[str | None, Any]]:
     return asyncio.run(_python_read(bootstrap, topic))
 
 
+def rdkafka_read(bootstrap: str, topic: str, count: int) -> list[tuple[str | None, Any]]:
+    """`count` records of `topic` through librdkafka (confluent-kafka), as a PHP, Go or Node consumer reads them."""
+    from confluent_kafka import Consumer
+
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"fx-rdkafka-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+        }
+    )
+    out: list[tuple[str | None, Any]] = []
+    try:
+        c.subscribe([topic])
+        deadline = time.monotonic() + 60
+        while len(out) < count and time.monotonic() < deadline:
+            for m in c.consume(num_messages=500, timeout=0.5):
+                assert m.error() is None, f"librdkafka could not read {topic}: {m.error()}"
+                key = m.key()
+                out.append((None if key is None else key.decode(), json.loads(m.value())))
+    finally:
+        c.close()
+    assert len(out) == count, f"librdkafka read {len(out)} of {count} records of {topic}"
+    return out
+
+
 def _canon(records: Iterable[tuple[str | None, Any]]) -> Counter[str]:
     """Records as a multiset, independent of partition interleaving."""
     return Counter(json.dumps(r, sort_keys=True, ensure_ascii=False) for r in records)
 
 
-def assert_java_reads_the_outputs(pipe: Env) -> None:
-    """Kafka's own console consumer reads every output record, key and value, exactly as aiokafka does."""
+def assert_java_reads_the_outputs(pipe: Env, with_rdkafka: bool = False) -> None:
+    """Kafka's own console consumer (and librdkafka) reads every output record, key and value, as aiokafka does."""
     for topic in READ_BACK:
         ours = python_read(pipe.stack.bootstrap, topic)
         if topic == names.COMMISSIONS:
             assert ours, "the worker wrote no commissions: nothing to read back"
         theirs = java_consume(pipe.stack.bootstrap, topic, len(ours))
         assert _canon(theirs) == _canon(ours), f"the Java consumer reads {topic} differently"
+        if with_rdkafka:
+            assert _canon(rdkafka_read(pipe.stack.bootstrap, topic, len(ours))) == _canon(ours), f"librdkafka: {topic}"
 
 
 def batch_codecs(pipe: Env, topic: str) -> Counter[str]:
@@ -186,7 +217,7 @@ def test_java_console_producer_with_each_codec(pipe: Env, example: str, codec: s
 
 @pytest.mark.parametrize("compression", [*CODECS, "none"])
 def test_outputs_use_FENXIAO_COMPRESSION_and_java_reads_them(pipe: Env, compression: str) -> None:
-    """Every batch the worker writes uses FENXIAO_COMPRESSION, and Kafka's console consumer decodes it."""
+    """Every batch the worker writes uses FENXIAO_COMPRESSION; Kafka's console consumer and librdkafka decode it."""
     example = "basic"
     pipe.produce(scenario.load_records(example))
     w = pipe.worker(example, **{names.ENV_COMPRESSION: compression})
@@ -196,7 +227,7 @@ def test_outputs_use_FENXIAO_COMPRESSION_and_java_reads_them(pipe: Env, compress
         for topic in (names.COMMISSIONS, names.BINDINGS):
             codecs = batch_codecs(pipe, topic)
             assert codecs.keys() == {compression}, f"{topic} batches by codec: {dict(codecs)}, wanted {compression}"
-        assert_java_reads_the_outputs(pipe)
+        assert_java_reads_the_outputs(pipe, with_rdkafka=True)
     finally:
         w.stop()
 
@@ -304,6 +335,10 @@ def test_transactional_producer_with_aborted_transactions(pipe: Env, mode: str) 
         asyncio.run(produce_transactions(pipe.stack.bootstrap, records))
     try:
         out, diff = pipe.outcome(scenario.load_expected(example))
+        if diff:
+            status = scenario.http_json(pipe.web_port, "/status")
+            stuck = [(p["partition"], p["held"], p["lag"]) for p in status["partitions"] if p["held"] or p["lag"]]
+            diff = [f"/status held {status['held']}, (partition, held, lag) {stuck}", *diff]
         assert not diff, "outputs differ from expected.json:\n" + "\n".join(diff) + "\n--- worker log:\n" + w.log_tail()
         wait_nothing_held(pipe, w)
         assert_outcome(pipe, example, out, diff, w)
@@ -467,7 +502,10 @@ def test_a_batch_the_client_cannot_decode_stops_the_worker_with_a_clear_error(pi
         error = None
         while time.monotonic() < deadline:
             assert w.proc is not None and w.proc.poll() is None, f"the worker exited:\n{w.log_tail()}"
-            error = scenario.http_json(pipe.web_port, "/status").get("error")
+            try:
+                error = scenario.http_json(pipe.web_port, "/status").get("error")
+            except OSError as e:  # it answered /health before: a worker whose app crashed stops answering first
+                raise AssertionError(f"/status stopped answering ({e}):\n{w.log_tail()}") from None
             if error:
                 break
             time.sleep(0.5)
