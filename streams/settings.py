@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from aiokafka import codec
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streams import names
@@ -92,6 +92,16 @@ class Settings(BaseSettings):
     def chdb_path(self) -> Path:
         """Embedded ClickHouse data directory (one owning process at a time)."""
         return self.clickhouse_path or self.var_dir / "clickhouse"
+
+
+def explain(e: ValidationError) -> str:
+    """A refused FENXIAO_* value as one line per variable, naming it, instead of pydantic's traceback."""
+    lines = []
+    for err in e.errors():
+        where = ".".join(str(part) for part in err["loc"])
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        lines.append(msg if msg.startswith(where) else f"{where}: {msg} (got {err.get('input')!r})")
+    return "\n".join(lines)
 
 
 @lru_cache(maxsize=1)

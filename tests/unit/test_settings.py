@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from aiokafka.producer.producer import AIOKafkaProducer
 from aiokafka.record.default_records import DefaultRecordBatch, DefaultRecordBatchBuilder
@@ -11,6 +13,7 @@ from streams import names
 from streams.settings import Settings
 
 CODECS = ["gzip", "snappy", "lz4", "zstd"]
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 @pytest.fixture(autouse=True)
@@ -60,3 +63,22 @@ def test_the_codec_library_is_installed_and_round_trips(monkeypatch: pytest.Monk
     assert batch.compression_type == attr
     records = list(batch)
     assert [(r.key, r.value) for r in records] == [(b"u1", value)]
+
+
+def test_the_worker_refuses_a_bad_codec_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`fenxiao worker` with FENXIAO_COMPRESSION=brotli: exit 2 and one line naming the variable, no traceback."""
+    from streams import cli
+    from streams.settings import get_settings
+
+    monkeypatch.setenv(names.ENV_COMPRESSION, "brotli")
+    get_settings.cache_clear()
+    try:
+        rc = cli.main(["worker", "--config", str(FIXTURES / "basic" / "fenxiao.toml")])
+    finally:
+        get_settings.cache_clear()
+    err = capsys.readouterr().err
+    assert rc == 2
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert lines == ["error: FENXIAO_COMPRESSION='brotli' is not a codec: use one of gzip, snappy, lz4, zstd, none"]
