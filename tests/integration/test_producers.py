@@ -307,19 +307,20 @@ def wait_nothing_held(pipe: Env, w: scenario.WorkerProcess, timeout: float = 30.
         time.sleep(0.5)
 
 
-def clickhouse_aborted_orders(pipe: Env) -> int:
-    """Rows of aborted order events the sink wrote to ClickHouse (read in its own process: one chDB owner)."""
+def clickhouse_orders(pipe: Env) -> tuple[int, int]:
+    """(aborted, all) order rows the sink wrote to ClickHouse, read in a process of its own (one chDB owner)."""
     code = (
         "from streams import clickhouse as c; from streams.settings import get_settings;"
         "ch = c.ChdbBackend(get_settings().chdb_path);"
-        "print(ch.query(\"SELECT count() FROM \" + c.qualified_table(c.DATABASE, 'orders')"
-        " + \" WHERE startsWith(event_id, 'aborted-')\")[0][0])"
+        "print(*ch.query(\"SELECT countIf(startsWith(event_id, 'aborted-')), count() FROM \""
+        " + c.qualified_table(c.DATABASE, 'orders'))[0])"
     )
     r = subprocess.run(
         [sys.executable, "-c", code], env={**os.environ, **pipe.env}, capture_output=True, text=True, timeout=120
     )
     assert r.returncode == 0, r.stderr
-    return int(r.stdout.strip())
+    aborted, total = r.stdout.split()
+    return int(aborted), int(total)
 
 
 @pytest.mark.parametrize("mode", ["live", "backlog"])
@@ -344,7 +345,9 @@ def test_transactional_producer_with_aborted_transactions(pipe: Env, mode: str) 
         assert_outcome(pipe, example, out, diff, w)
     finally:
         w.stop()
-    assert clickhouse_aborted_orders(pipe) == 0, "the sink wrote aborted orders into ClickHouse"
+    aborted, total = clickhouse_orders(pipe)
+    assert total > 0, "the sink wrote no orders at all"
+    assert aborted == 0, f"the sink wrote {aborted} aborted order events into ClickHouse"
 
 
 # ---------------------------------------------------------------- librdkafka, headers, null keys
@@ -416,6 +419,8 @@ def test_headers_and_null_keys(pipe: Env) -> None:
         assert_outcome(pipe, example, out, diff, w)
     finally:
         w.stop()
+    wanted = sum(1 for r in scenario.load_records(example) if r["topic"] == names.ORDERS)
+    assert 0 < clickhouse_orders(pipe)[1] <= wanted, "the sink must store the keyless orders too (dedupe by event_id)"
 
 
 # ---------------------------------------------------------------- a batch no client can decode
