@@ -38,6 +38,7 @@ app = App(
     broker_heartbeat_interval=3.0,
     producer_acks=-1,
     producer_linger_ms=5,
+    producer_compression_type=_s.compression_type,
     web_enabled=True,
     web_port=_s.web_port,
     web_host=_s.web_host,

@@ -55,6 +55,7 @@ ENV_APP_ID = "FENXIAO_APP_ID"
 ENV_BATCH_SIZE = "FENXIAO_BATCH_SIZE"
 ENV_CRASH_AT = "FENXIAO_CRASH_AT"
 ENV_SINK_FAULT = "FENXIAO_SINK_FAULT"
+ENV_COMPRESSION = "FENXIAO_COMPRESSION"  # codec of every record the worker produces (docs/producers.md)
 
 # Redis keys. Prefix "fx:"; see docs/redis.md for the full layout.
 REDIS_PREFIX = "fx:"

@@ -40,7 +40,7 @@ def init(settings: Settings, program: Program, sink: ClickHouseSink, owner: str,
         epoch,
         click_window_ms=program.clicks.window_ms,
     )
-    outputs = KafkaOutputs(settings.kafka, f"{settings.app_id}-outputs")
+    outputs = KafkaOutputs(settings.kafka, f"{settings.app_id}-outputs", settings.compression_type)
     _runtime = Runtime(
         settings,
         program,
