@@ -76,7 +76,7 @@ from streams import stack as stack_mod  # noqa: E402
 from streams.config import load as load_program  # noqa: E402
 from streams.demo import program_toml  # noqa: E402
 
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 150)
 PARTITIONS = 4
 BENCH_IN, BENCH_OUT = "bench.passthrough.in", "bench.passthrough.out"
 SALE_START = datetime(2025, 11, 11, tzinfo=UTC)  # in the past: freezes end during the run, settlement is exercised
@@ -84,6 +84,7 @@ SALE_SECONDS = 600.0
 LOADS = (0.25, 0.5, 0.75)
 SCALING = (1, 2, 4)
 PROJECT = (8, 16, 32)
+TAIL_KEYS = ("entry_id", "kind", "source_event_id")
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fenxiao" / "bench"
 
 
@@ -124,7 +125,8 @@ class Tail:
             now = time.time()
             for msgs in batch.values():
                 for m in msgs:
-                    self.got.append((now, json.loads(m.value)))
+                    v = json.loads(m.value)  # keep what the waits and latencies read: a 1M backlog has 3M entries
+                    self.got.append((now, {k: v.get(k) for k in TAIL_KEYS}))
 
     async def stop(self) -> None:
         """Stop reading (idempotent)."""
@@ -391,10 +393,12 @@ class Worker:
 
     def wait_ready(self, timeout: float = 180) -> Worker:
         """Wait for /health (a standby serves nothing until it takes over: only check that it runs)."""
-        if self.standby:
-            time.sleep(1.0)
-            if self.proc.proc is not None and self.proc.proc.poll() is not None:
-                raise RuntimeError(f"standby worker exited:\n{self.proc.log_tail()}")
+        if self.standby:  # wait until it says it waits (start-up CPU is not what the runs measure)
+            deadline = time.monotonic() + timeout
+            while "standby" not in self.proc.log_tail(5) and time.monotonic() < deadline:
+                if self.proc.proc is not None and self.proc.proc.poll() is not None:
+                    raise RuntimeError(f"standby worker exited:\n{self.proc.log_tail()}")
+                time.sleep(0.3)
             return self
         self.scenario.wait_http(self.port, "/health", timeout, self.proc)
         for kid in proc_children(self.pid):  # a worker that spawns its sink: account that child apart
@@ -1066,6 +1070,23 @@ def summary(res: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
     is_1m = bl is not None and bl["orders"] >= 1_000_000
     if bl and not is_1m:
         ctx.note(f"backlog_1m_*: null, this run's backlog was {bl['orders']:,} orders (run with --backlog 1000000)")
+    why = "--scaling-only" if ctx.args.scaling_only else "it did not run or broke (see the other notes)"
+    for phase, keys in (
+        ("pipeline", "order_records_per_s, ratio_to_matched_baseline"),
+        ("baseline_plain", "plain_baseline_records_per_s"),
+        ("baseline_matched", "matched_baseline_records_per_s, ratio_to_matched_baseline"),
+        ("scaling", "speedup, serial_fraction"),
+        ("sink", "sink_rows_per_s_*"),
+    ):
+        if not res.get(phase):
+            reason = "--no-scaling" if phase == "scaling" and not ctx.args.scaling else why
+            ctx.note(f"{keys}: null, the {phase} phase did not run ({reason})")
+    if not half:
+        reason = "--no-latency" if not ctx.args.latency else why
+        ctx.note(f"p99_ms_at_50pct: null, no latency level at 50 % ran ({reason})")
+    if not bl:
+        reason = "--backlog 0" if not ctx.args.backlog else why
+        ctx.note(f"backlog_*: null, no backlog run ({reason})")
     cpu: dict[str, Any] = {}
     for phase, key in (
         ("pipeline", "pipeline"),
@@ -1268,12 +1289,12 @@ def print_report(res: dict[str, Any], s: dict[str, Any]) -> None:
     cpu = s.get("cpu_ms_per_1k_order_records") or {}
     if any(cpu.values()):
         comps = sorted({k for v in cpu.values() if v for k in v})
-        ct = Table(title="CPU-ms per 1,000 order records (cgroup cpuacct)")
-        ct.add_column("phase")
+        ct = Table(title="CPU-ms per 1,000 order records (cgroup cpuacct), component x phase")
+        ct.add_column("component")
+        for phase in cpu:
+            ct.add_column(phase, justify="right")
         for c in comps:
-            ct.add_column(c, justify="right")
-        for phase, v in cpu.items():
-            ct.add_row(phase, *(fmt((v or {}).get(c), "", 1) for c in comps))
+            ct.add_row(c, *(fmt((v or {}).get(c), "", 1) for v in cpu.values()))
         console.print(ct)
     prof = res.get("profile") or {}
     if prof.get("samples"):
@@ -1371,7 +1392,7 @@ async def run_stack_phases(ctx: Ctx, res: dict[str, Any]) -> None:
     lat_cfg = write_config(ctx.tmp, "fenxiao-latency.toml", args.latency_grace)
     lat_grace = load_program(lat_cfg).ordering_grace_seconds
     res["latency_grace_s"] = lat_grace
-    if args.latency_grace is None:
+    if args.latency_grace is None and args.latency and not args.scaling_only:
         ctx.note(
             f"latency measured with the default config's ordering grace ({lat_grace:g} s, the spec's default: the "
             f"bench config sets none); the throughput, scaling and backlog workers use --grace {args.grace:g} s"
