@@ -1113,7 +1113,11 @@ def summary(res: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
         ("sink", "sink_rows_per_s_*"),
     ):
         if not res.get(phase):
-            reason = "--no-scaling" if phase == "scaling" and not ctx.args.scaling else why
+            reason = why
+            if phase == "scaling" and not ctx.args.scaling:
+                reason = "--no-scaling"
+            elif phase == "sink" and not ctx.args.sink_rows:
+                reason = "--sink-rows 0" if not ctx.args.scaling_only else "--scaling-only"
             ctx.note(f"{keys}: null, the {phase} phase did not run ({reason})")
     if not half:
         reason = "--no-latency" if not ctx.args.latency else why
