@@ -860,7 +860,7 @@ async def check_run(
     return ledger
 
 
-async def settle_assignment(ctx: Ctx, workers: Sequence[Worker], run: str, timeout: float = 180) -> dict[str, Any]:
+async def settle_assignment(ctx: Ctx, workers: Sequence[Worker], run: str, timeout: float = 90) -> dict[str, Any]:
     """With active sharing (`owned` in /status), wait until every input partition has exactly one owner."""
     want = {f"{t}:{p}" for t in names.INPUT_TOPICS for p in range(PARTITIONS)}
     deadline = time.monotonic() + timeout
