@@ -177,8 +177,11 @@ class InputReader:
             fetch_max_wait_ms=100,
             max_partition_fetch_bytes=2 * 1024 * 1024,
         )
+        self.group = group
         self.book = OffsetBook()
         self.paused: set[TopicPartition] = set()
+        self.stuck: set[TopicPartition] = set()  # paused for good: a batch there cannot be decoded
+        self.error: str | None = None
         self.on_assign: Callable[[list[TopicPartition]], Awaitable[None]] | None = None
         self.on_revoke: Callable[[list[TopicPartition]], Awaitable[None]] | None = None
         self._started = False
@@ -197,7 +200,9 @@ class InputReader:
 
     async def on_assigned(self, tps: list[TopicPartition]) -> None:
         """Tell the owner, so a new partition holds events back until it delivers or goes idle."""
-        self.paused -= set(tps)
+        self.paused -= set(tps) - self.stuck
+        for tp in self.stuck & set(tps):
+            self.consumer.pause(tp)
         if self.on_assign is not None:
             await self.on_assign(tps)
 
@@ -208,6 +213,7 @@ class InputReader:
         for tp in tps:
             self.book.forget(tp)
             self.paused.discard(tp)
+            self.stuck.discard(tp)
 
     def assignment(self) -> set[TopicPartition]:
         """The input partitions this worker reads now."""
@@ -215,12 +221,53 @@ class InputReader:
 
     async def poll(self, timeout_ms: int) -> list[Record]:
         """The records fetched since the last poll (every assigned, unpaused partition), in offset order each."""
-        got = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=POLL_MAX_RECORDS)
+        try:
+            got = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=POLL_MAX_RECORDS)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a batch the client cannot decode: find it, stop reading it, say so
+            got = await self._isolate_undecodable(exc)
         out: list[Record] = []
         for tp, msgs in got.items():
             topic, part = tp.topic, tp.partition
             out.extend(Record(topic, part, m.offset, m.key, m.value, m.timestamp) for m in msgs)
         return out
+
+    async def _isolate_undecodable(self, first: Exception) -> dict[TopicPartition, list[Any]]:
+        """Read partition by partition to find the one whose fetched batch fails; pause it and record why.
+
+        The records of the other partitions are handed over as usual. The stuck partition holds every later
+        event back (the spec's order cannot skip it), so applying stops at its position until the operator
+        acts; the process stays up and /status says where and what to do.
+        """
+        got: dict[TopicPartition, list[Any]] = {}
+        for tp in sorted(self.assignment() - self.paused, key=lambda t: (t.topic, t.partition)):
+            try:
+                part = await self.consumer.getmany(tp, timeout_ms=0, max_records=POLL_MAX_RECORDS)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._undecodable(tp, exc)
+                continue
+            got.update(part)
+        if self.error is None:
+            raise first
+        return got
+
+    def _undecodable(self, tp: TopicPartition, exc: Exception) -> None:
+        offset = self.next_offset(tp)
+        self.consumer.pause(tp)
+        self.paused.add(tp)
+        self.stuck.add(tp)
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+        self.error = (
+            f"{tp.topic} partition {tp.partition} offset {offset}: a record batch the client cannot decode "
+            f"({reason}); applying stopped at it (every later event waits). Check the producer's codec; a missing "
+            f"codec library is a pinned dependency (pip install -e .); to skip the batch, move group "
+            f"{self.group} past it (kafka-consumer-groups --reset-offsets --to-offset <next> --topic "
+            f"{tp.topic}:{tp.partition}) with the workers stopped, then start them"
+        )
+        log.error("%s", self.error)
 
     def next_offset(self, tp: TopicPartition) -> int | None:
         """The consumer's position in tp: past every record returned and every marker or aborted record skipped."""
@@ -246,6 +293,8 @@ class InputReader:
         """Pause a partition that holds too much and is ahead of the frontier; resume it once it has drained."""
         for tp in self.assignment():
             n = held.get(tp, 0)
+            if tp in self.stuck:
+                continue
             if tp in self.paused:
                 if n <= HOLD_CAP_PER_PARTITION // 2 or not ahead(tp):
                     self.consumer.resume(tp)

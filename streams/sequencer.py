@@ -410,6 +410,7 @@ class Sequencer:
             "last_batch_ms": round(self.stats.last_batch_ms, 2),
             "owned": owned,
             "paused": paused,
+            "error": reader.error if reader is not None else None,
             "partitions": [
                 {
                     "partition": f"{getattr(tp, 'topic', tp)}:{getattr(tp, 'partition', '')}",
