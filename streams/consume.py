@@ -133,6 +133,10 @@ class OffsetBook:
             out[tp] = q[0] if q else pos
         return out
 
+    def position_of(self, tp: TopicPartition) -> int | None:
+        """The read position last recorded for tp (everything before it was handed over)."""
+        return self._position.get(tp)
+
     def forget(self, tp: TopicPartition) -> None:
         """tp moved to another worker."""
         self._open.pop(tp, None)
@@ -225,37 +229,38 @@ class InputReader:
             got = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=POLL_MAX_RECORDS)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # a batch the client cannot decode: find it, stop reading it, say so
-            got = await self._isolate_undecodable(exc)
+        except Exception as exc:  # a batch the client cannot decode: stop reading it, say where
+            found = undecodable_at(exc)
+            if found is None:
+                raise
+            await self._isolate(found[0], found[1], exc)
+            return []
         out: list[Record] = []
         for tp, msgs in got.items():
             topic, part = tp.topic, tp.partition
             out.extend(Record(topic, part, m.offset, m.key, m.value, m.timestamp) for m in msgs)
         return out
 
-    async def _isolate_undecodable(self, first: Exception) -> dict[TopicPartition, list[Any]]:
-        """Read partition by partition to find the one whose fetched batch fails; pause it and record why.
+    async def _isolate(self, tp: TopicPartition, offset: int, exc: Exception) -> None:
+        """Pause the partition for good and record why; rewind the others to what was handed over.
 
-        The records of the other partitions are handed over as usual. The stuck partition holds every later
-        event back (the spec's order cannot skip it), so applying stops at its position until the operator
-        acts; the process stays up and /status says where and what to do.
+        The failed poll may already have moved other partitions' positions past records it never returned;
+        seeking them back to the positions recorded after the last poll loses nothing. The stuck partition
+        holds every later event back (the spec's order cannot skip it): applying waits at it until the operator
+        acts, while the process stays up and /status says where and what to do.
         """
-        got: dict[TopicPartition, list[Any]] = {}
-        for tp in sorted(self.assignment() - self.paused, key=lambda t: (t.topic, t.partition)):
-            try:
-                part = await self.consumer.getmany(tp, timeout_ms=0, max_records=POLL_MAX_RECORDS)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self._undecodable(tp, exc)
-                continue
-            got.update(part)
-        if self.error is None:
-            raise first
-        return got
+        self._undecodable(tp, offset, exc)
+        for other in self.assignment() - {tp}:
+            pos = self.book.position_of(other)
+            if pos is None:
+                committed = await self.consumer.committed(other)
+                if committed is None:
+                    await self.consumer.seek_to_beginning(other)
+                    continue
+                pos = committed
+            self.consumer.seek(other, pos)
 
-    def _undecodable(self, tp: TopicPartition, exc: Exception) -> None:
-        offset = self.next_offset(tp)
+    def _undecodable(self, tp: TopicPartition, offset: int, exc: Exception) -> None:
         self.consumer.pause(tp)
         self.paused.add(tp)
         self.stuck.add(tp)
@@ -318,6 +323,25 @@ class InputReader:
         """The broker's last stable offsets now (a ListOffsets request), for idle checks."""
         got = await asyncio.wait_for(self.consumer.end_offsets(list(tps)), timeout=5.0)
         return {tp: int(v) for tp, v in got.items()}
+
+
+def undecodable_at(exc: BaseException) -> tuple[TopicPartition, int] | None:
+    """The partition and offset of the record batch whose decoding raised exc, from aiokafka's own frames.
+
+    aiokafka raises a codec's or CRC check's error from inside its per-partition record iterator without
+    naming the partition; that iterator (its `_tp` and `next_fetch_offset`, the failing batch's first offset)
+    is on the traceback.
+    """
+    found: tuple[TopicPartition, int] | None = None
+    tb = exc.__traceback__
+    while tb is not None:
+        owner = tb.tb_frame.f_locals.get("self")
+        tp = getattr(owner, "_tp", None)
+        offset = getattr(owner, "next_fetch_offset", None)
+        if isinstance(tp, TopicPartition) and isinstance(offset, int):
+            found = (tp, offset)
+        tb = tb.tb_next
+    return found
 
 
 def rank_of(topic: str) -> int:
