@@ -5,16 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from streams import names
 from streams.config import Program
 from streams.ledger import Binding, Entry, LimitedClick
-from streams.projections import default_projections
 from streams.referral_store import RedisStore, open_store
 from streams.sequencer import DeadLetter, Sequencer
 from streams.settings import Settings
-from streams.sink import ClickHouseSink
 
 
 def _json(value: dict[str, object]) -> bytes:
@@ -57,15 +55,12 @@ class Runtime:
     program: Program
     store: RedisStore
     sequencer: Sequencer
-    sink: ClickHouseSink
-    sink_written: dict[str, int] = field(default_factory=dict)
-    sink_lag: int | None = None  # records the sink has still to read; None until its consumer is assigned
 
 
 _runtime: Runtime | None = None
 
 
-def init(settings: Settings, program: Program, sink: ClickHouseSink, owner: str, epoch: str) -> Runtime:
+def init(settings: Settings, program: Program, owner: str, epoch: str) -> Runtime:
     """Create the shared objects; called once by `fenxiao worker` before the app starts."""
     global _runtime
     store = open_store(
@@ -85,9 +80,7 @@ def init(settings: Settings, program: Program, sink: ClickHouseSink, owner: str,
             FaustOutputs(),
             batch_size=settings.batch_size,
             crash_at=settings.crash_at,
-            projections=default_projections(),
         ),
-        sink,
     )
     return _runtime
 
