@@ -304,12 +304,13 @@ def fresh_env(stack: Any, tmp: Path, label: str) -> Env:
 
     asyncio.run(reset_topics(stack.bootstrap, 4))
     redis_conn.flush(stack.redis_url)
-    (port,) = stack_mod.pick_free_ports(1)
+    port, sink_port = stack_mod.pick_free_ports(2)
     env = {
         "FENXIAO_KAFKA": stack.bootstrap,
         "FENXIAO_REDIS_URL": stack.redis_url,
         "FENXIAO_APP_ID": f"fx-{label}-{uuid.uuid4().hex[:8]}",
         "FENXIAO_WEB_PORT": str(port),
+        "FENXIAO_SINK_PORT": str(sink_port),
         "FENXIAO_VAR_DIR": str(tmp / "var"),
         "FENXIAO_PARTITIONS": "4",
     }
