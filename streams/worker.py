@@ -44,6 +44,7 @@ def run(config_path: str | None, loglevel: str = "info", standby: bool = False, 
     if not asyncio.run(_redis_answers(redis_url)):
         raise WorkerError(f"Redis does not answer: run `fenxiao stack up` or set {names.ENV_REDIS_URL}")
     stack.ensure_topics(settings.kafka, settings.partitions)
+    settings.var_dir.mkdir(parents=True, exist_ok=True)  # faust's datadir lives in it (chDB used to create it)
     os.environ[names.ENV_CONFIG] = str(path)
 
     import socket
