@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import signal
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -47,6 +49,7 @@ SEEN_TTL_S = 3 * 86400  # how long a projected id is remembered after its event 
 TAKE_MAX = 5000
 PAID_WAIT_S = 0.5  # between two ClickHouse lookups of paid events the sink has not written yet
 ZADD_CHUNK = 2000
+CRASH_POINT = "projector"  # FENXIAO_CRASH_AT=projector_before_write:N / projector_after_write:N (tests)
 
 _PAID_SQL = (
     "SELECT event_id, amount_cents FROM orders FINAL WHERE type = 'paid'"
@@ -305,8 +308,11 @@ class Projector:
         ch: ClickHouse,
         owner: str,
         now_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        crash_at: str | None = None,
     ) -> None:
         self.bootstrap, self.redis_url, self.ch, self.owner, self.now_ms = bootstrap, redis_url, ch, owner, now_ms
+        point, _, n = (crash_at or "").partition(":")
+        self._crash_point, self._crash_write = point, int(n) if n and point.startswith(CRASH_POINT) else 0
         self.cluster = redis_conn.is_cluster(redis_url)
         self.redis: Any = redis_conn.connect_async(redis_url, decode_responses=True)
         self.tree = Tree()
@@ -473,8 +479,20 @@ class Projector:
                 await asyncio.sleep(PAID_WAIT_S)
         return found
 
+    def _maybe_crash(self, point: str) -> None:
+        """Fault injection for the tests: die like `kill -9` before or after the N-th batch write."""
+        if self._crash_point == point and self.projected["batches"] + 1 == self._crash_write:
+            log.warning("fault injection: SIGKILL at %s of projector batch %d", point, self._crash_write)
+            os.kill(os.getpid(), signal.SIGKILL)
+
     async def _write(self, plan: Plan, offsets: list[str]) -> None:
         """The batch's commands, its seen ids and its offsets, atomically (the cluster: journal, then apply)."""
+        self._maybe_crash(CRASH_POINT + "_before_write")
+        await self._write_atomically(plan, offsets)
+        self._maybe_crash(CRASH_POINT + "_after_write")
+
+    async def _write_atomically(self, plan: Plan, offsets: list[str]) -> None:
+        """One Lua call on one server; on a cluster the journal script, then the per-node applies."""
         seen = json.dumps([[k, v] for k, v in plan.seen.items()], ensure_ascii=False, separators=(",", ":"))
         commands = json.dumps(plan.commands, ensure_ascii=False, separators=(",", ":"))
         offs = json.dumps(offsets)

@@ -119,7 +119,7 @@ class Service:
         self.owner = f"{settings.app_id}.sink@{socket.gethostname()}:{os.getpid()}"
         self.projector: Projector | None = None
         self._make_projector: Callable[[], Projector] = lambda: Projector(
-            settings.kafka, settings.redis_url.get_secret_value(), ch, self.owner
+            settings.kafka, settings.redis_url.get_secret_value(), ch, self.owner, crash_at=settings.crash_at
         )
 
     def status(self) -> dict[str, object]:
