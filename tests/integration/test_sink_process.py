@@ -87,12 +87,12 @@ def test_projector_killed_around_its_write_projects_every_read_model_once(
 def test_worker_killed_between_produce_and_commit_duplicates_nothing(
     stack: Any, tmp_path: Path, clean_run: dict[str, Any]
 ) -> None:
-    """The worker dies after producing batch 3 and before committing it: the restart produces that batch again."""
+    """The worker dies after producing batch 120 and before committing it: the restart produces that batch again."""
     env = scenario.fresh_env(stack, tmp_path, "pj-dup")
     env.produce(scenario.load_records(EXAMPLE))
     crashing = scenario.WorkerProcess(
         env.config(EXAMPLE),
-        {**env.env, "FENXIAO_BATCH_SIZE": "7", names.ENV_CRASH_AT: "after_produce:3"},
+        {**env.env, "FENXIAO_BATCH_SIZE": "7", names.ENV_CRASH_AT: "after_produce:120"},
         tmp_path / "worker.log",
     )
     assert crashing.run_to_exit() == -9, crashing.log_tail()
@@ -100,7 +100,7 @@ def test_worker_killed_between_produce_and_commit_duplicates_nothing(
     try:
         out, diff = env.outcome(scenario.load_expected(EXAMPLE))
         assert not diff, diff
-        assert len(out.entries) > len({e["entry_id"] for e in out.entries}), "the kill produced no duplicate"
+        assert len(out.entries) > len({e["entry_id"] for e in out.entries}), "the kill produced no duplicate entry"
         scenario.wait_read_models(env.web_port, timeout=90)
         assert read_models(stack.redis_url) == clean_run
     finally:
