@@ -49,7 +49,7 @@ SEEN_TTL_S = 3 * 86400  # how long a projected id is remembered after its event 
 TAKE_MAX = 5000
 PAID_WAIT_S = 0.5  # between two ClickHouse lookups of paid events the sink has not written yet
 ZADD_CHUNK = 2000
-CRASH_POINT = "projector"  # FENXIAO_CRASH_AT=projector_before_write:N / projector_after_write:N (tests)
+CRASH_POINT = "projector"  # FENXIAO_CRASH_AT=projector_{before_write,after_journal,after_write}:N (tests)
 
 _PAID_SQL = (
     "SELECT event_id, amount_cents FROM orders FINAL WHERE type = 'paid'"
@@ -527,6 +527,7 @@ class Projector:
         )
         if verdict != "ok":
             raise RuntimeError("projector: the read-model lease was taken by another projector")
+        self._maybe_crash(CRASH_POINT + "_after_journal")
         await self._apply(int(seq), plan.commands)
 
     async def _recover(self) -> None:

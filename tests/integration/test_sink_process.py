@@ -51,6 +51,7 @@ def read_models(redis_url: str) -> dict[str, Any]:
 
 def run_once(stack: Any, tmp: Path, label: str, **extra_env: str) -> tuple[dict[str, Any], scenario.WorkerProcess]:
     """The example through a worker (with any fault), then its read models once the projector has caught up."""
+    tmp.mkdir(parents=True, exist_ok=True)
     env = scenario.fresh_env(stack, tmp, label)
     env.produce(scenario.load_records(EXAMPLE))
     w = env.worker(EXAMPLE, FENXIAO_BATCH_SIZE="7", **extra_env)
