@@ -298,6 +298,10 @@ def lookup_paid(ch: ClickHouse, event_ids: Sequence[str]) -> dict[str, int]:
     return {str(eid): int(c) for eid, c in ch.query(_PAID_SQL, {"keys": json.dumps(list(event_ids))}) if c is not None}
 
 
+class Stopped(Exception):
+    """The process is stopping while a batch waits for ClickHouse: give the batch up (nothing was written)."""
+
+
 class Projector:
     """Consumes commissions and bindings from the offsets stored in Redis and writes the read models."""
 
@@ -372,6 +376,8 @@ class Projector:
                     await self._renew()
                     renewed = time.monotonic()
                 self.lag = await _lag(consumer, parts)
+        except Stopped:
+            pass  # stopped while waiting for the sink: the batch was not written and is read again next time
         finally:
             self._consumer = None
             await consumer.stop()
@@ -383,6 +389,9 @@ class Projector:
         told = False
         while not self._stopping:
             if await self.redis.set(names.KEY_PJ_LEASE, self.owner, nx=True, px=LEASE_TTL_MS):
+                return
+            if await self.redis.get(names.KEY_PJ_LEASE) == self.owner:  # ours, from before a restart of the loop
+                await self.redis.pexpire(names.KEY_PJ_LEASE, LEASE_TTL_MS)
                 return
             if not told:
                 holder = await self.redis.get(names.KEY_PJ_LEASE)
@@ -467,6 +476,8 @@ class Projector:
         found: dict[str, int] = {}
         told = False
         while need - found.keys():
+            if self._stopping:
+                raise Stopped
             missing = sorted(need - found.keys())
             try:
                 found.update(await asyncio.to_thread(lookup_paid, self.ch, missing))
