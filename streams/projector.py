@@ -261,8 +261,8 @@ def plan_batch(
             counted[e.source_event_id] = paid[e.source_event_id]
     state = State()
     for e in fresh:
-        if e.kind == ACCRUED and e.level == 1:
-            state.orders[e.order_id] = OrderState(buyer_id=e.buyer_id, paid_cents=paid[e.source_event_id])
+        if e.kind == ACCRUED and e.level == 1 and e.order_id:
+            state.orders[e.order_id] = OrderState(buyer_id=e.buyer_id or "", paid_cents=paid[e.source_event_id])
     pipe = StagedCommands()
     LedgerFeed().stage(pipe, state, fresh, [])
     Leaderboards().stage(pipe, state, fresh, bound)
