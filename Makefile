@@ -75,7 +75,7 @@ lint: venv ## ruff check and mypy --strict
 fmt: venv ## format the code with ruff
 	$(BIN)/ruff format streams schemas tests
 
-bench: venv deps ## benchmark on a private stack (~10 min): throughput, latency, backlog, memory, sink; BENCH_ARGS=--quick
+bench: venv deps ## issue 11's benchmark on a private stack (as root for cgroup CPU/quotas) -> bench/results/latest.json; BENCH_ARGS=--quick
 	$(BIN)/pip install -q --disable-pip-version-check 'py-spy>=0.4'
 	$(BIN)/python bench/pipeline_bench.py $(BENCH_ARGS)
 

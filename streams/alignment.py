@@ -19,8 +19,8 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import Callable, Hashable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from streams.ledger import SeqKey
 
@@ -94,13 +94,14 @@ class PartitionClock:
         return (self.last_ts_ms, self.rank, "")
 
 
-@dataclass(order=True, slots=True)
-class _Held:
+class _Held(NamedTuple):
+    """A held event; a tuple so the heap compares in C, and (key, seq) is unique so tp and item are never compared."""
+
     key: SeqKey
     seq: int
-    tp: Hashable = field(compare=False)
-    item: Any = field(compare=False)
-    arrived: float = field(compare=False, default=0.0)
+    tp: Hashable
+    item: Any
+    arrived: float
 
 
 class Aligner:
@@ -160,6 +161,12 @@ class Aligner:
             part.lag = lag
             if offset is not None:
                 part.next_offset = offset + 1
+
+    def advance(self, tp: Hashable, next_offset: int) -> None:
+        """The consumer's position moved (records returned, or transaction markers and aborted records skipped)."""
+        part = self.parts.get(tp)
+        if part is not None and (part.next_offset is None or next_offset > part.next_offset):
+            part.next_offset = next_offset
 
     def earliest_held(self) -> SeqKey | None:
         """The key of the first event still waiting (released or not, nothing before it may be skipped)."""

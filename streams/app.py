@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 import faust
+from faust.app.base import BootStrategy
 
 from streams.settings import get_settings
 
 _s = get_settings()
 
-app = faust.App(
+
+class _Boot(BootStrategy):
+    """faust without its consumer: the input topics are read by streams.consume (aiokafka directly)."""
+
+    enable_kafka_consumer = False
+
+
+class App(faust.App):
+    """The fenxiao app: web views, tasks and timers from faust; no faust consumer group."""
+
+    BootStrategy = _Boot
+
+
+app = App(
     _s.app_id,
     broker=f"kafka://{_s.kafka}",
     store="memory://",
@@ -24,6 +38,7 @@ app = faust.App(
     broker_heartbeat_interval=3.0,
     producer_acks=-1,
     producer_linger_ms=5,
+    producer_compression_type=_s.compression_type,
     web_enabled=True,
     web_port=_s.web_port,
     web_host=_s.web_host,

@@ -6,7 +6,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 
 err = Console(stderr=True)
 
@@ -366,6 +368,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return rc
     except CliError as e:
         err.print(f"[bold red]error:[/] {e}")
+        return 2
+    except ValidationError as e:
+        if e.title != "Settings":
+            raise
+        from streams import settings
+
+        for line in settings.explain(e).splitlines():
+            err.print(f"[bold red]error:[/] {escape(line)}", soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -83,6 +83,29 @@ class TierRulesSection(_Strict):
     rule: list[TierRule] = Field(min_length=1)
 
 
+class ProductRates(_Strict):
+    """A [products."SKU"] table: that product's own rate per level (over campaign and tier), or no commission."""
+
+    rates_bps: list[Bps] | None = Field(default=None, min_length=1)
+    commission: StrictBool = True
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> ProductRates:
+        if self.rates_bps is not None and not self.commission:
+            raise ValueError("set either rates_bps or commission = false, not both")
+        if self.rates_bps is None and self.commission:
+            raise ValueError("needs rates_bps (its own rates) or commission = false (no commission)")
+        return self
+
+
+class WithdrawalsSection(_Strict):
+    """The optional [withdrawals] table: the smallest request and the fee withheld from a payout."""
+
+    min_cents: Annotated[int, Field(ge=0, le=10**12, strict=True)] = 100
+    fee_bps: Bps = 0
+    fee_min_cents: Annotated[int, Field(ge=0, le=10**12, strict=True)] = 0
+
+
 class FenxiaoConfig(_Strict):
     """The whole fenxiao.toml."""
 
@@ -92,6 +115,8 @@ class FenxiaoConfig(_Strict):
     pipeline: PipelineSection = Field(default_factory=PipelineSection)
     clicks: ClicksSection = Field(default_factory=ClicksSection)
     tier_rules: TierRulesSection | None = None
+    products: dict[str, ProductRates] = Field(default_factory=dict)
+    withdrawals: WithdrawalsSection = Field(default_factory=WithdrawalsSection)
 
     @model_validator(mode="after")
     def _consistent(self) -> FenxiaoConfig:
@@ -109,6 +134,14 @@ class FenxiaoConfig(_Strict):
             for name, tier in self.tiers.items():
                 if name not in camp.tiers:
                     _enough_rates(f"tiers.{name}.rates_bps (used by campaigns.{cid})", tier, levels)
+        all_levels = sorted({self.program.levels} | {c.levels for c in self.campaigns.values() if c.levels})
+        for sku, product in self.products.items():
+            if not sku:
+                raise ValueError("products: a product needs a non-empty SKU name")
+            if product.rates_bps is not None and len(product.rates_bps) < all_levels[-1]:
+                raise ValueError(
+                    f"products.{sku}.rates_bps: has {len(product.rates_bps)} rates but levels = {all_levels[-1]}"
+                )
         for i, rule in enumerate(self.tier_rules.rule if self.tier_rules else []):
             if rule.tier not in self.tiers:
                 known = ", ".join(sorted(self.tiers))
@@ -152,6 +185,20 @@ class ClickLimits:
 
 
 @dataclass(frozen=True, slots=True)
+class WithdrawalRules:
+    """The [withdrawals] rules: smallest request, fee in bps rounded half up, bounded by [fee_min_cents, amount]."""
+
+    min_cents: int = 100
+    fee_bps: int = 0
+    fee_min_cents: int = 0
+
+    def fee(self, amount_cents: int) -> int:
+        """The fee withheld from a payout of amount_cents: half-up bps, at least fee_min_cents, at most the amount."""
+        by_rate = (amount_cents * self.fee_bps + 5000) // 10_000
+        return min(amount_cents, max(self.fee_min_cents, by_rate))
+
+
+@dataclass(frozen=True, slots=True)
 class Program:
     """The validated config resolved into plans: the engine's only view of fenxiao.toml."""
 
@@ -159,6 +206,15 @@ class Program:
     campaigns: dict[str, Plan]
     ordering_grace_seconds: float
     clicks: ClickLimits = ClickLimits()
+    products: dict[str, tuple[int, ...] | None] = field(default_factory=dict)
+    withdrawals: WithdrawalRules = WithdrawalRules()
+
+    def item_rate(self, sku_id: str, level: int, tier_bps: int) -> int:
+        """Rate of one item at `level`: the product's own rate, 0 for commission = false, else the tier rate."""
+        if sku_id not in self.products:
+            return tier_bps
+        own = self.products[sku_id]
+        return 0 if own is None else own[level - 1]
 
     def plan_for(self, campaign_id: str | None) -> Plan:
         """The plan of an order's campaign; no or an unknown campaign gets the base plan."""
@@ -206,8 +262,15 @@ def resolve(cfg: FenxiaoConfig) -> Program:
         max_per_visitor=cfg.clicks.max_per_visitor,
         max_per_ip=cfg.clicks.max_per_ip,
     )
+    products = {sku: tuple(p.rates_bps) if p.rates_bps is not None else None for sku, p in cfg.products.items()}
+    w = cfg.withdrawals
     return Program(
-        base=base, campaigns=campaigns, ordering_grace_seconds=cfg.pipeline.ordering_grace_seconds, clicks=limits
+        base=base,
+        campaigns=campaigns,
+        ordering_grace_seconds=cfg.pipeline.ordering_grace_seconds,
+        clicks=limits,
+        products=products,
+        withdrawals=WithdrawalRules(min_cents=w.min_cents, fee_bps=w.fee_bps, fee_min_cents=w.fee_min_cents),
     )
 
 

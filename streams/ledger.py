@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from schemas.events import Click, Event, Order, Signup, Tier, format_ts
+from schemas.events import Adjustment, Click, DistributorStatus, Event, Order, Signup, Tier, Withdrawal, format_ts
 from streams import commission
 from streams.config import Plan, Program
 
@@ -24,6 +24,15 @@ OVER_REFUND = "over_refund"
 CANNOT_CANCEL_COMPLETED = "cannot_cancel_completed"
 DUPLICATE_COMPLETED = "duplicate_completed"
 INVALID_EVENT = "invalid_event"
+# Contract v2.
+UNKNOWN_USER = "unknown_user"
+DUPLICATE_ADJUSTMENT = "duplicate_adjustment"
+NOT_A_DISTRIBUTOR = "not_a_distributor"
+DISTRIBUTOR_FROZEN = "distributor_frozen"
+DUPLICATE_WITHDRAWAL = "duplicate_withdrawal"
+BELOW_MINIMUM = "below_minimum"
+INSUFFICIENT_BALANCE = "insufficient_balance"
+INVALID_TRANSITION = "invalid_transition"
 
 # Why a click was limited (not used for attribution); fenxiao.clicks-limited `reason`.
 VISITOR_RATE = "visitor_rate"
@@ -33,6 +42,17 @@ ACCRUED = "accrued"
 REVERSED = "reversed"
 SETTLED = "settled"
 CLAWED_BACK = "clawed_back"
+HELD = "held"
+RELEASED = "released"
+WITHDRAWN = "withdrawn"
+ADJUSTED = "adjusted"
+
+# Withdrawal states (the `type` of the event that moved it there).
+REQUESTED = "requested"
+APPROVED = "approved"
+REJECTED = "rejected"
+PAID = "paid"
+FAILED = "failed"
 
 
 @dataclass(slots=True)
@@ -43,6 +63,8 @@ class User:
     distributor: bool
     inviter: str | None
     signup_event_id: str
+    frozen: bool = False
+    status_key: SeqKey | None = None
 
 
 @dataclass(slots=True)
@@ -82,6 +104,27 @@ class OrderState:
     settle_at_ms: int | None = None
     settled: bool = False
     event_ids: list[str] = field(default_factory=list)
+    # Itemized orders (contract v2); all empty for an order paid without items.
+    item_skus: list[str] = field(default_factory=list)
+    item_cents: list[int] = field(default_factory=list)
+    item_refunded_cents: list[int] = field(default_factory=list)
+    item_rates_bps: list[list[int]] = field(default_factory=list)  # [level - 1][item]
+
+    def item_left(self) -> list[int]:
+        """What each item has left after refunds."""
+        return [c - r for c, r in zip(self.item_cents, self.item_refunded_cents, strict=True)]
+
+
+@dataclass(slots=True)
+class WithdrawalState:
+    """A withdrawal request: whose, how much (fee locked at request), where it stands, which events moved it."""
+
+    distributor_id: str
+    amount_cents: int
+    fee_cents: int
+    status: str
+    channel: str | None = None
+    event_ids: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,17 +134,22 @@ class Entry:
     entry_id: str
     source_event_id: str
     ts_ms: int
-    order_id: str
-    buyer_id: str
+    order_id: str | None
+    buyer_id: str | None
     beneficiary_id: str
     level: int
     kind: str
     amount_cents: int
     campaign_id: str | None
+    withdrawal_id: str | None = None
+    adjustment_id: str | None = None
+    reason: str | None = None
+    fee_cents: int | None = None
+    payout_cents: int | None = None
 
     def as_record(self) -> dict[str, object]:
-        """The fenxiao.commissions value."""
-        return {
+        """The fenxiao.commissions value; the v2 fields only when set, so v1 records stay byte-identical."""
+        rec: dict[str, object] = {
             "entry_id": self.entry_id,
             "source_event_id": self.source_event_id,
             "ts": format_ts(self.ts_ms),
@@ -113,6 +161,16 @@ class Entry:
             "amount_cents": self.amount_cents,
             "campaign_id": self.campaign_id,
         }
+        for name, value in (
+            ("withdrawal_id", self.withdrawal_id),
+            ("adjustment_id", self.adjustment_id),
+            ("reason", self.reason),
+            ("fee_cents", self.fee_cents),
+            ("payout_cents", self.payout_cents),
+        ):
+            if value is not None:
+                rec[name] = value
+        return rec
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,11 +235,38 @@ class NotLoaded(KeyError):
 
 @dataclass(slots=True)
 class Balance:
-    """Deltas to a beneficiary's balances (cents)."""
+    """A beneficiary's balances (cents): absolute in State.balances, per-batch deltas in State.balance_deltas.
+
+    earned is lifetime commission (accrued, reversed, clawed back); adjustments and withdrawals do not change it.
+    """
 
     pending: int = 0
     available: int = 0
     earned: int = 0
+    reserved: int = 0
+    withdrawn: int = 0
+
+    def add(self, kind: str, amount: int) -> None:
+        """Move one ledger entry's signed amount into these balances, as the spec's balance formulas say."""
+        if kind in (ACCRUED, REVERSED):
+            self.pending += amount
+            self.earned += amount
+        elif kind == SETTLED:
+            self.pending -= amount
+            self.available += amount
+        elif kind == CLAWED_BACK:
+            self.available += amount
+            self.earned += amount
+        elif kind == ADJUSTED:
+            self.available += amount
+        elif kind in (HELD, RELEASED):
+            self.available += amount
+            self.reserved -= amount
+        elif kind == WITHDRAWN:
+            self.reserved += amount
+            self.withdrawn -= amount
+        else:
+            raise ValueError(f"unknown ledger kind {kind!r}")
 
 
 class SettleIndex(dict[str, int]):
@@ -222,6 +307,14 @@ class State:
         self.dead_ids: set[str] = set()
         self.dead_checked: set[str] = set()
         self.balance_deltas: dict[str, Balance] = {}
+        # Absolute balances: complete, or loaded by the store for the users whose balance a batch reads (anyone
+        # requesting a withdrawal). Entries for users not loaded only change balance_deltas.
+        self.balances: dict[str, Balance] = {}
+        self.dirty_balances: set[str] = set()
+        self.adjustments: dict[str, str | None] = {}  # adjustment_id -> the event_id that applied it
+        self.dirty_adjustments: set[str] = set()
+        self.withdrawals: dict[str, WithdrawalState | None] = {}
+        self.dirty_withdrawals: set[str] = set()
         self.dirty_users: set[str] = set()
         self.dirty_tiers: set[str] = set()
         self.dirty_clicks: set[str] = set()
@@ -254,6 +347,32 @@ class State:
     def order(self, order_id: str) -> OrderState | None:
         """The order's state, or None if never seen."""
         return self._get(self.orders, order_id)
+
+    def balance(self, uid: str) -> Balance:
+        """The user's absolute balances as of now (zero if it never had an entry)."""
+        if uid in self.balances:
+            return self.balances[uid]
+        if self.complete:
+            return Balance()
+        raise NotLoaded(uid)
+
+    def adjustment(self, adjustment_id: str) -> str | None:
+        """The event id that applied this adjustment, or None if it never was."""
+        return self._get(self.adjustments, adjustment_id)
+
+    def put_adjustment(self, adjustment_id: str, event_id: str) -> None:
+        """Remember an applied adjustment id (a repeat is duplicate_adjustment)."""
+        self.adjustments[adjustment_id] = event_id
+        self.dirty_adjustments.add(adjustment_id)
+
+    def withdrawal(self, withdrawal_id: str) -> WithdrawalState | None:
+        """The withdrawal's state, or None if it was never requested (or its request was refused)."""
+        return self._get(self.withdrawals, withdrawal_id)
+
+    def put_withdrawal(self, withdrawal_id: str, w: WithdrawalState) -> None:
+        """Record a new or changed withdrawal."""
+        self.withdrawals[withdrawal_id] = w
+        self.dirty_withdrawals.add(withdrawal_id)
 
     def ip_count(self, key: IpWindow) -> int:
         """Clicks from this ip that bound in this window so far."""
@@ -296,17 +415,12 @@ class State:
         self.new_dead_ids.add(event_id)
 
     def add_balance(self, entry: Entry) -> None:
-        """Move a ledger entry into the beneficiary's pending/available deltas."""
-        b = self.balance_deltas.setdefault(entry.beneficiary_id, Balance())
-        if entry.kind in (ACCRUED, REVERSED):
-            b.pending += entry.amount_cents
-            b.earned += entry.amount_cents
-        elif entry.kind == SETTLED:
-            b.pending -= entry.amount_cents
-            b.available += entry.amount_cents
-        else:
-            b.available += entry.amount_cents
-            b.earned += entry.amount_cents
+        """Move a ledger entry into the beneficiary's deltas, and its absolute balances where those are held."""
+        uid = entry.beneficiary_id
+        self.balance_deltas.setdefault(uid, Balance()).add(entry.kind, entry.amount_cents)
+        if self.complete or uid in self.balances:
+            self.balances.setdefault(uid, Balance()).add(entry.kind, entry.amount_cents)
+            self.dirty_balances.add(uid)
 
 
 def seq_key(rank: int, ev: Event) -> SeqKey:
@@ -459,7 +573,6 @@ class Ledger:
         beneficiaries = self._beneficiaries(ev, buyer, plan)
         rates = [self._rate(b, level, plan) for level, b in enumerate(beneficiaries, start=1)]
         amount = ev.amount_cents or 0
-        amounts = commission.split(amount, rates, plan.max_total_bps)
         new = OrderState(
             buyer_id=ev.buyer_id,
             campaign_id=ev.campaign_id,
@@ -468,8 +581,17 @@ class Ledger:
             beneficiaries=beneficiaries,
             rates_bps=rates,
             max_total_bps=plan.max_total_bps,
-            amounts=amounts,
         )
+        if ev.items is not None:
+            new.item_skus = [i.sku_id for i in ev.items]
+            new.item_cents = [i.amount_cents for i in ev.items]
+            new.item_refunded_cents = [0] * len(ev.items)
+            new.item_rates_bps = [
+                [self.program.item_rate(sku, level, tier_bps) if self._eligible(b) else 0 for sku in new.item_skus]
+                for level, (b, tier_bps) in enumerate(zip(beneficiaries, rates, strict=True), start=1)
+            ]
+        new.amounts = self._amounts(new)
+        amounts = new.amounts
         self._record(ev, new)
         for level, (b, a) in enumerate(zip(beneficiaries, amounts, strict=True), start=1):
             if b is not None and a > 0:
@@ -492,14 +614,42 @@ class Ledger:
             chain.append(node.inviter if node is not None else None)
         return chain
 
+    def _eligible(self, beneficiary: str | None) -> bool:
+        """Whether a beneficiary can earn now: present, and a distributor (never approved or revoked: no)."""
+        if beneficiary is None:
+            return False
+        user = self.state.user(beneficiary)
+        return user is not None and user.distributor
+
     def _rate(self, beneficiary: str | None, level: int, plan: Plan) -> int:
         """0 for a missing beneficiary or a non-distributor (they get nothing, levels are not shifted)."""
-        if beneficiary is None:
-            return 0
-        user = self.state.user(beneficiary)
-        if user is None or not user.distributor:
+        if beneficiary is None or not self._eligible(beneficiary):
             return 0
         return plan.rate(self.state.tier(beneficiary), level)
+
+    def _amounts(self, order: OrderState) -> list[int]:
+        """Every level's amount on what the order has left, with its locked rates (per item if itemized) and cap."""
+        left = order.paid_cents - order.refunded_cents
+        if order.item_skus:
+            return commission.split_items(order.item_left(), order.item_rates_bps, left, order.max_total_bps)
+        return commission.split(left, order.rates_bps, order.max_total_bps)
+
+    def _item_shares(self, ev: Order, order: OrderState, amount: int) -> list[int] | str:
+        """How much of each item this refund takes, or why it is an over_refund."""
+        if ev.items is None:
+            return commission.spread(amount, order.item_left())
+        if not order.item_skus:
+            return f"refund names items but order {ev.order_id} was paid without items"
+        index = {sku: i for i, sku in enumerate(order.item_skus)}
+        shares = [0] * len(order.item_skus)
+        for item in ev.items:
+            if item.sku_id not in index:
+                return f"sku {item.sku_id} is not in order {ev.order_id}"
+            shares[index[item.sku_id]] += item.amount_cents
+        for i, (share, left) in enumerate(zip(shares, order.item_left(), strict=True)):
+            if share > left:
+                return f"refund of {share} cents of sku {order.item_skus[i]} exceeds the {left} cents it has left"
+        return shares
 
     def _refunded(self, ev: Order, order: OrderState | None) -> Outcome:
         if order is None or not order.paid:
@@ -507,17 +657,29 @@ class Ledger:
         amount = ev.amount_cents or 0
         if order.refunded_cents + amount > order.paid_cents:
             left = order.paid_cents - order.refunded_cents
-            order.event_ids.append(ev.event_id)
-            self.state.put_order(ev.order_id, order)
-            return Outcome(
-                rejection=OVER_REFUND, detail=f"refund of {amount} cents exceeds the {left} cents left on {ev.order_id}"
+            return self._refuse_step(
+                ev, order, OVER_REFUND, f"refund of {amount} cents exceeds the {left} cents left on {ev.order_id}"
             )
-        return Outcome(entries=self._refund(ev, order, amount))
+        shares: list[int] | None = None
+        if order.item_skus or ev.items is not None:
+            found = self._item_shares(ev, order, amount)
+            if isinstance(found, str):
+                return self._refuse_step(ev, order, OVER_REFUND, found)
+            shares = found
+        return Outcome(entries=self._refund(ev, order, amount, shares))
 
-    def _refund(self, ev: Order, order: OrderState, amount: int) -> list[Entry]:
+    def _refuse_step(self, ev: Order, order: OrderState, reason: str, detail: str) -> Outcome:
+        """Dead-letter a step of a known order; its event id joins the order's so a redelivery is a duplicate."""
+        order.event_ids.append(ev.event_id)
+        self.state.put_order(ev.order_id, order)
+        return Outcome(rejection=reason, detail=detail)
+
+    def _refund(self, ev: Order, order: OrderState, amount: int, item_shares: list[int] | None) -> list[Entry]:
         """Recompute every level on what is left with the locked terms; emit the differences."""
         order.refunded_cents += amount
-        after = commission.split(order.paid_cents - order.refunded_cents, order.rates_bps, order.max_total_bps)
+        if item_shares is not None:
+            order.item_refunded_cents = [r + s for r, s in zip(order.item_refunded_cents, item_shares, strict=True)]
+        after = self._amounts(order)
         kind = CLAWED_BACK if order.settled else REVERSED
         entries = []
         for level, (b, d) in enumerate(
@@ -534,22 +696,19 @@ class Ledger:
             self._record(ev, OrderState(buyer_id=ev.buyer_id, campaign_id=ev.campaign_id, cancelled=True))
             return Outcome()
         if order.completed_event_id is not None:
-            order.event_ids.append(ev.event_id)
-            self.state.put_order(ev.order_id, order)
-            return Outcome(rejection=CANNOT_CANCEL_COMPLETED, detail=f"order {ev.order_id} is already completed")
+            return self._refuse_step(ev, order, CANNOT_CANCEL_COMPLETED, f"order {ev.order_id} is already completed")
         order.cancelled = True
         if not order.paid:
             self._record(ev, order)
             return Outcome()
-        return Outcome(entries=self._refund(ev, order, order.paid_cents - order.refunded_cents))
+        shares = order.item_left() if order.item_skus else None
+        return Outcome(entries=self._refund(ev, order, order.paid_cents - order.refunded_cents, shares))
 
     def _completed(self, ev: Order, order: OrderState | None) -> Outcome:
         if order is None or not order.paid:
             return self._reject(ev.event_id, UNKNOWN_ORDER, f"order {ev.order_id} was never paid")
         if order.completed_event_id is not None:
-            order.event_ids.append(ev.event_id)
-            self.state.put_order(ev.order_id, order)
-            return Outcome(rejection=DUPLICATE_COMPLETED, detail=f"order {ev.order_id} is already completed")
+            return self._refuse_step(ev, order, DUPLICATE_COMPLETED, f"order {ev.order_id} is already completed")
         order.completed_event_id = ev.event_id
         order.settle_at_ms = ev.ts_ms + self.program.freeze_ms
         self._record(ev, order)
@@ -603,6 +762,154 @@ class Ledger:
         self.state.add_balance(entry)
         return entry
 
+    # ---- distributors, adjustments, withdrawals (contract v2) -------------
+
+    def apply_status(self, ev: DistributorStatus, key: SeqKey) -> Outcome:
+        """Approve, freeze or revoke a distributor for the events after it; an older redelivery changes nothing."""
+        user = self.state.user(ev.user_id)
+        if user is None:
+            return self._reject(ev.event_id, UNKNOWN_USER, f"user {ev.user_id} never signed up")
+        if user.status_key is not None and key <= user.status_key:
+            return Outcome(duplicate=key == user.status_key)
+        if ev.status == "active":
+            user.distributor, user.frozen = True, False
+        elif ev.status == "frozen":
+            user.frozen = True
+        else:
+            user.distributor, user.frozen = False, False
+        user.status_key = key
+        self.state.put_user(ev.user_id, user)
+        return Outcome()
+
+    def apply_adjustment(self, ev: Adjustment) -> Outcome:
+        """An operator's signed credit or debit on available, once per adjustment_id."""
+        if self.state.is_dead(ev.event_id):
+            return Outcome(duplicate=True)
+        applied = self.state.adjustment(ev.adjustment_id)
+        if applied == ev.event_id:
+            return Outcome(duplicate=True)
+        if self.state.user(ev.distributor_id) is None:
+            return self._reject(ev.event_id, UNKNOWN_USER, f"user {ev.distributor_id} never signed up")
+        if applied is not None:
+            return self._reject(
+                ev.event_id, DUPLICATE_ADJUSTMENT, f"adjustment {ev.adjustment_id} was already applied by {applied}"
+            )
+        self.state.put_adjustment(ev.adjustment_id, ev.event_id)
+        entry = self._money_entry(
+            ev.event_id,
+            ev.ts_ms,
+            ev.distributor_id,
+            ADJUSTED,
+            ev.amount_cents,
+            adjustment_id=ev.adjustment_id,
+            reason=ev.reason,
+        )
+        return Outcome(entries=[entry])
+
+    def apply_withdrawal(self, ev: Withdrawal) -> Outcome:
+        """One step of a withdrawal: a request holds available in reserved; the review releases or pays it out."""
+        if self.state.is_dead(ev.event_id):
+            return Outcome(duplicate=True)
+        w = self.state.withdrawal(ev.withdrawal_id)
+        if w is not None and ev.event_id in w.event_ids:
+            return Outcome(duplicate=True)
+        if ev.type == REQUESTED:
+            return self._requested(ev, w)
+        if w is None or w.distributor_id != ev.distributor_id:
+            whose = "was never requested" if w is None else f"was requested by {w.distributor_id}"
+            return self._reject(ev.event_id, INVALID_TRANSITION, f"withdrawal {ev.withdrawal_id} {whose}")
+        allowed = {APPROVED: (REQUESTED,), REJECTED: (REQUESTED, APPROVED), FAILED: (APPROVED,), PAID: (APPROVED,)}
+        if w.status not in allowed[ev.type]:
+            return self._reject(
+                ev.event_id, INVALID_TRANSITION, f"withdrawal {ev.withdrawal_id} is {w.status}, cannot be {ev.type}"
+            )
+        w.status = ev.type
+        w.event_ids.append(ev.event_id)
+        self.state.put_withdrawal(ev.withdrawal_id, w)
+        if ev.type == APPROVED:
+            return Outcome()
+        if ev.type == PAID:
+            entry = self._money_entry(
+                ev.event_id,
+                ev.ts_ms,
+                w.distributor_id,
+                WITHDRAWN,
+                -w.amount_cents,
+                withdrawal_id=ev.withdrawal_id,
+                fee_cents=w.fee_cents,
+                payout_cents=w.amount_cents - w.fee_cents,
+            )
+        else:
+            entry = self._money_entry(
+                ev.event_id, ev.ts_ms, w.distributor_id, RELEASED, w.amount_cents, withdrawal_id=ev.withdrawal_id
+            )
+        return Outcome(entries=[entry])
+
+    def _requested(self, ev: Withdrawal, w: WithdrawalState | None) -> Outcome:
+        """The spec's checks in its order; a refused request leaves no withdrawal behind."""
+        uid = ev.distributor_id
+        amount = ev.amount_cents or 0
+        user = self.state.user(uid)
+        rules = self.program.withdrawals
+        if user is None:
+            return self._reject(ev.event_id, UNKNOWN_USER, f"user {uid} never signed up")
+        if not user.distributor:
+            return self._reject(ev.event_id, NOT_A_DISTRIBUTOR, f"user {uid} is not a distributor")
+        if user.frozen:
+            return self._reject(ev.event_id, DISTRIBUTOR_FROZEN, f"distributor {uid} is frozen")
+        if w is not None:
+            return self._reject(
+                ev.event_id, DUPLICATE_WITHDRAWAL, f"withdrawal {ev.withdrawal_id} was already requested"
+            )
+        if amount < rules.min_cents:
+            return self._reject(
+                ev.event_id, BELOW_MINIMUM, f"{amount} cents is below the minimum of {rules.min_cents} cents"
+            )
+        available = self.state.balance(uid).available
+        if amount > available:
+            return self._reject(
+                ev.event_id, INSUFFICIENT_BALANCE, f"{amount} cents requested, {available} cents available"
+            )
+        new = WithdrawalState(uid, amount, rules.fee(amount), REQUESTED, ev.channel, [ev.event_id])
+        self.state.put_withdrawal(ev.withdrawal_id, new)
+        entry = self._money_entry(ev.event_id, ev.ts_ms, uid, HELD, -amount, withdrawal_id=ev.withdrawal_id)
+        return Outcome(entries=[entry])
+
+    def _money_entry(
+        self,
+        source: str,
+        ts_ms: int,
+        beneficiary: str,
+        kind: str,
+        amount: int,
+        *,
+        withdrawal_id: str | None = None,
+        adjustment_id: str | None = None,
+        reason: str | None = None,
+        fee_cents: int | None = None,
+        payout_cents: int | None = None,
+    ) -> Entry:
+        """An entry of a v2 kind: no order, level 0, the withdrawal or adjustment it belongs to."""
+        entry = Entry(
+            entry_id=f"{source}:0:{kind}",
+            source_event_id=source,
+            ts_ms=ts_ms,
+            order_id=None,
+            buyer_id=None,
+            beneficiary_id=beneficiary,
+            level=0,
+            kind=kind,
+            amount_cents=amount,
+            campaign_id=None,
+            withdrawal_id=withdrawal_id,
+            adjustment_id=adjustment_id,
+            reason=reason,
+            fee_cents=fee_cents,
+            payout_cents=payout_cents,
+        )
+        self.state.add_balance(entry)
+        return entry
+
     # ---- dispatch --------------------------------------------------------
 
     def apply(self, ev: Event, key: SeqKey) -> Outcome:
@@ -613,4 +920,20 @@ class Ledger:
             return self.apply_signup(ev)
         if isinstance(ev, Click):
             return self.apply_click(ev, key)
-        return self.apply_tier(ev, key)
+        if isinstance(ev, Tier):
+            return self.apply_tier(ev, key)
+        if isinstance(ev, DistributorStatus):
+            return self.apply_status(ev, key)
+        if isinstance(ev, Adjustment):
+            return self.apply_adjustment(ev)
+        return self.apply_withdrawal(ev)
+
+    def step(self, ev: Event, key: SeqKey) -> Outcome:
+        """Global settlement, then the event: every loaded order due at or before its ts settles first.
+
+        The settlement entries come first in the outcome, so a withdrawal sees every settlement due by its ts.
+        """
+        settled = self.settle_due(key[0])
+        res = self.apply(ev, key)
+        res.entries[:0] = settled
+        return res

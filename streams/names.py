@@ -6,10 +6,18 @@ CLICKS = "fenxiao.clicks"
 SIGNUPS = "fenxiao.signups"
 ORDERS = "fenxiao.orders"
 TIERS = "fenxiao.tiers"
+DISTRIBUTORS = "fenxiao.distributors"
+ADJUSTMENTS = "fenxiao.adjustments"
+WITHDRAWALS = "fenxiao.withdrawals"
 COMMISSIONS = "fenxiao.commissions"
 BINDINGS = "fenxiao.bindings"
 DEAD_LETTERS = "fenxiao.dead-letters"
 CLICKS_LIMITED = "fenxiao.clicks-limited"  # clicks over the rate limit, not used for attribution (docs/decisions.md)
+# Contract v2 inputs: decoded by schemas/events.py, not consumed by the worker until the pipeline is wired for them.
+DISTRIBUTORS = "fenxiao.distributors"
+ADJUSTMENTS = "fenxiao.adjustments"
+WITHDRAWALS = "fenxiao.withdrawals"
+V2_INPUT_TOPICS: tuple[str, ...] = (DISTRIBUTORS, ADJUSTMENTS, WITHDRAWALS)
 
 INPUT_TOPICS: tuple[str, ...] = (TIERS, CLICKS, SIGNUPS, ORDERS)
 OUTPUT_TOPICS: tuple[str, ...] = (COMMISSIONS, BINDINGS, DEAD_LETTERS, CLICKS_LIMITED)
@@ -20,6 +28,17 @@ SINK_GROUP_SUFFIX = ".sink"
 
 # Same-ts tie-break of the spec: tiers < clicks < signups < orders.
 TOPIC_RANK: dict[str, int] = {TIERS: 0, CLICKS: 1, SIGNUPS: 2, ORDERS: 3}
+# Contract v2's full tie-break: tiers < distributors < clicks < signups < orders < adjustments < withdrawals.
+# Separate from TOPIC_RANK, which decides what today's worker consumes.
+TOPIC_RANK_V2: dict[str, int] = {
+    TIERS: 0,
+    DISTRIBUTORS: 1,
+    CLICKS: 2,
+    SIGNUPS: 3,
+    ORDERS: 4,
+    ADJUSTMENTS: 5,
+    WITHDRAWALS: 6,
+}
 
 ENV_PREFIX = "FENXIAO_"
 ENV_KAFKA = "FENXIAO_KAFKA"
@@ -38,6 +57,7 @@ ENV_CRASH_AT = "FENXIAO_CRASH_AT"
 ENV_SINK_FAULT = "FENXIAO_SINK_FAULT"
 ENV_SINK_PORT = "FENXIAO_SINK_PORT"  # the sink process's HTTP port (reports, /status); default web port + 1000
 ENV_SINK_PARENT = "FENXIAO_SINK_PARENT"  # set by a worker on the sink it spawns: that worker's pid
+ENV_COMPRESSION = "FENXIAO_COMPRESSION"  # codec of every record the worker produces (docs/producers.md)
 
 # Redis keys. Prefix "fx:"; see docs/redis.md for the full layout.
 REDIS_PREFIX = "fx:"

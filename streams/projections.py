@@ -30,8 +30,8 @@ def entry_fields(e: Entry) -> dict[str, str | int]:
     return {
         "s": e.source_event_id,
         "t": e.ts_ms,
-        "o": e.order_id,
-        "b": e.buyer_id,
+        "o": e.order_id or "",
+        "b": e.buyer_id or "",
         "u": e.beneficiary_id,
         "l": e.level,
         "k": e.kind,
@@ -104,7 +104,7 @@ def net_cents(e: Entry) -> int:
 def _paid_level1(state: State, entries: Sequence[Entry]) -> Iterator[tuple[Entry, int]]:
     """(accrued level-1 entry, the order's paid cents): one per newly paid, commissioned order."""
     for e in entries:
-        if e.kind == ACCRUED and e.level == 1:
+        if e.kind == ACCRUED and e.level == 1 and e.order_id is not None:
             o = state.orders.get(e.order_id)
             if o is not None:
                 yield e, o.paid_cents

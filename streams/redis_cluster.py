@@ -198,6 +198,10 @@ class ClusterStore(RedisStore):
             "ips": ip_counts,
         }
 
+    async def _check_all_slots(self) -> None:
+        """A full load reads every slot: each must still hold this epoch's marker."""
+        await self._check_markers(set(range(SLOTS)))
+
     async def _check_markers(self, slots: set[int]) -> None:
         """Refuse a read from a slot that lost its state: its empty keys would look like new users."""
         ordered = sorted(slots)

@@ -30,7 +30,7 @@ def _raw(value: Any) -> bytes:
 
 
 def run(records: Iterable[Mapping[str, Any]], program: Program, now_ms: int) -> ReferenceRun:
-    """Apply scenario records in spec order, then settle what the clock `now_ms` has passed."""
+    """Apply scenario records in spec order (v2 topic ranks, global settlement), then settle what `now_ms` passed."""
     out = ReferenceRun()
     decoded = []
     for i, rec in enumerate(records):
@@ -39,13 +39,11 @@ def run(records: Iterable[Mapping[str, Any]], program: Program, now_ms: int) -> 
         if isinstance(ev, Invalid):
             out.dead_letters.append({"topic": topic, "offset": i, "event_id": ev.event_id, "reason": INVALID_EVENT})
             continue
-        decoded.append((seq_key(names.TOPIC_RANK[topic], ev), i, topic, ev))
+        decoded.append((seq_key(names.TOPIC_RANK_V2[topic], ev), i, topic, ev))
     decoded.sort(key=lambda t: (t[0], t[1]))
     ledger = Ledger(program, State())
     for key, i, topic, ev in decoded:
-        for e in ledger.settle_due(key[0] - 1):
-            out.entries.append(e.as_record())
-        res = ledger.apply(ev, key)
+        res = ledger.step(ev, key)
         out.entries.extend(e.as_record() for e in res.entries)
         out.bindings.extend(b.as_record() for b in res.bindings)
         if res.limited is not None:

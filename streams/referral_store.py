@@ -15,13 +15,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 from redis.commands.core import DataAccessCommands
 
 from schemas.events import Click, Event, Order, Signup, Tier
 from streams import names, redis_conn
 from streams.config import ClickLimits
-from streams.ledger import ClickMark, IpWindow, OrderState, SeqKey, State, TierMark, User
+from streams.ledger import Balance, ClickMark, IpWindow, OrderState, SeqKey, State, TierMark, User
 
+_JSON = msgspec.json.Encoder()
+_ORDER = msgspec.json.Decoder(list[Any])
 CLICK_TTL_MARGIN_MS = 86_400_000
 # A per-ip window count is kept a few windows (wall clock, from its last write), at least 5 minutes, so the
 # aligner's grace and a short stop cannot split one window's count; after that it costs nothing.
@@ -94,7 +97,7 @@ def ip_window_suffix(key: IpWindow) -> str:
 def encode_order(o: OrderState) -> str:
     """Compact JSON of an order's locked state (positional, to keep open orders small)."""
     flags = (1 if o.cancelled else 0) | (2 if o.paid else 0) | (4 if o.settled else 0)
-    return json.dumps(
+    return _JSON.encode(
         [
             o.buyer_id,
             o.campaign_id,
@@ -108,14 +111,15 @@ def encode_order(o: OrderState) -> str:
             o.completed_event_id,
             o.settle_at_ms,
             o.event_ids,
-        ],
-        separators=(",", ":"),
-    )
+            *((o.item_skus, o.item_cents, o.item_refunded_cents, o.item_rates_bps) if o.item_skus else ()),
+        ]
+    ).decode()
 
 
 def decode_order(s: str) -> OrderState:
     """Inverse of encode_order."""
-    b, c, flags, paid, refunded, bens, rates, cap, amounts, completed, settle_at, eids = json.loads(s)
+    b, c, flags, paid, refunded, bens, rates, cap, amounts, completed, settle_at, eids, *items = _ORDER.decode(s)
+    skus, cents, item_refunded, item_rates = items if items else ([], [], [], [])
     return OrderState(
         buyer_id=b,
         campaign_id=c,
@@ -131,7 +135,39 @@ def decode_order(s: str) -> OrderState:
         completed_event_id=completed,
         settle_at_ms=settle_at,
         event_ids=eids,
+        item_skus=skus,
+        item_cents=cents,
+        item_refunded_cents=item_refunded,
+        item_rates_bps=item_rates,
     )
+
+
+class CachedState(State):
+    """The worker's complete in-memory state; orders are kept as their stored JSON between batches.
+
+    A decoded order costs about five times its encoding in Python objects, and most orders are read again
+    seldom (a refund, a completion): an order is decoded when the rules read it, and encoded back when its
+    batch is staged, which the Redis write needs anyway.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(complete=True)
+        self.cold: dict[str, str] = {}
+
+    def order(self, order_id: str) -> OrderState | None:
+        """The order's state (decoded on first use in a batch), or None if never seen."""
+        o = self.orders.get(order_id)
+        if o is not None:
+            return o
+        raw = self.cold.get(order_id)
+        if raw is None:
+            return None
+        o = self.orders[order_id] = decode_order(raw)
+        return o
+
+    def order_count(self) -> int:
+        """Orders held, hot or cold."""
+        return len(self.cold) + sum(1 for oid in self.orders if oid not in self.cold)
 
 
 @dataclass
@@ -214,7 +250,7 @@ class StagedCommands(DataAccessCommands):
 
     def payload(self) -> str:
         """The commands as the script's JSON argument."""
-        return json.dumps(self.commands, ensure_ascii=False, separators=(",", ":"))
+        return _JSON.encode(self.commands).decode()
 
 
 class StateLost(RuntimeError):
@@ -501,6 +537,159 @@ class RedisStore:
         if position is not None:
             p.hset(names.KEY_SEQ, mapping={"applied": _key_str(position)})
 
+    def stage(self, state: State, position: SeqKey | None) -> StagedCommands:
+        """The batch's writes as commands, built now (a snapshot: later batches mutate the same objects).
+
+        The state is the worker's complete in-memory copy; its dirty sets and balance deltas are reset here,
+        so the next batch starts with nothing to write.
+        """
+        staged = StagedCommands()
+        staged.commands = self._state_commands(state, position)
+        if isinstance(state, CachedState):
+            state.orders.clear()  # every dirty order's encoding is in state.cold now
+        state.dirty_users.clear()
+        state.dirty_tiers.clear()
+        state.dirty_clicks.clear()
+        state.dirty_ip_clicks.clear()
+        state.dirty_orders.clear()
+        state.new_dead_ids.clear()
+        state.balance_deltas.clear()
+        state.dirty_balances.clear()
+        return staged
+
+    async def write(self, staged: StagedCommands) -> None:
+        """Write a staged batch atomically, only while this worker holds the lease and the epoch is unchanged."""
+
+        def fill(p: Any) -> None:
+            p.commands.extend(staged.commands)
+
+        await self._guarded(fill)
+
+    def _state_commands(self, state: State, position: SeqKey | None) -> list[list[str]]:
+        """The batch's state changes as plain command lists (strings only), cheaper than redis-py's builders."""
+        cmds: list[list[str]] = []
+        add = cmds.append
+        ku, kc, ko, kb = names.KEY_USER, names.KEY_CLICK, names.KEY_ORDER, names.KEY_BALANCE
+        for uid in state.dirty_users:
+            u = state.users[uid]
+            assert u is not None
+            c = ["HSET", ku + uid, "t", str(u.signup_ms), "d", "1" if u.distributor else "0", "e", u.signup_event_id]
+            if u.inviter is not None:
+                c += ["i", u.inviter]
+            if u.status_key is not None:
+                c += ["f", "1" if u.frozen else "0", "sk", _key_str(u.status_key)]
+            add(c)
+        for uid in state.dirty_tiers:
+            mark = state.tiers[uid]
+            assert mark is not None
+            add(["HSET", ku + uid, "r", mark.tier, "k", _key_str(mark.key)])
+        ttl = str(self.click_ttl_ms)
+        for v in state.dirty_clicks:
+            cm = state.clicks[v]
+            assert cm is not None
+            k = kc + v
+            fields = ["t", str(cm.ts_ms), "r", cm.ref, "k", _key_str(cm.key), "w", str(cm.window), "n", str(cm.count)]
+            add(["HSET", k, *fields])
+            add(["PEXPIRE", k, ttl])
+        ip_ttl = str(self.ip_clicks_ttl_ms)
+        for ipw in state.dirty_ip_clicks:
+            add(["SET", names.KEY_IP_CLICKS + ip_window_suffix(ipw), str(state.ip_clicks[ipw]), "PX", ip_ttl])
+        settle = names.KEY_SETTLE
+        cold = state.cold if isinstance(state, CachedState) else None
+        for oid in state.dirty_orders:
+            o = state.orders[oid]
+            assert o is not None
+            enc = encode_order(o)
+            if cold is not None:
+                cold[oid] = enc
+            add(["SET", ko + oid, enc])
+            if o.settle_at_ms is not None and not o.settled:
+                add(["ZADD", settle, str(o.settle_at_ms), oid])
+            else:
+                add(["ZREM", settle, oid])
+        for uid, b in state.balance_deltas.items():
+            k = kb + uid  # all three even when zero: a beneficiary whose entries cancel out still has a balance
+            add(["HINCRBY", k, "p", str(b.pending)])
+            add(["HINCRBY", k, "a", str(b.available)])
+            add(["HINCRBY", k, "l", str(b.earned)])
+        dead = sorted(state.new_dead_ids)
+        for i in range(0, len(dead), 1000):
+            add(["SADD", names.KEY_DEAD, *dead[i : i + 1000]])
+        if position is not None:
+            add(["HSET", names.KEY_SEQ, "applied", _key_str(position)])
+        return cmds
+
+    async def load_all(self) -> CachedState:
+        """Every key of the engine's state as one complete State: the worker's write-through cache.
+
+        Loaded once at start (and after a takeover), so no batch has to read Redis; refused when the epoch
+        says Redis lost its state.
+        """
+        await self._recover()
+        epoch = await self.redis.get(names.KEY_EPOCH)
+        if epoch != self.epoch:
+            raise StateLost(_state_lost_message(epoch))
+        await self._check_all_slots()
+        state = CachedState()
+        async for uid, m in self._scan_hashes(names.KEY_USER):
+            if "t" in m:
+                state.users[uid] = _user(m)
+            if "r" in m:
+                state.tiers[uid] = TierMark(m["r"], _key_parse(m["k"]))
+        async for v, m in self._scan_hashes(names.KEY_CLICK):
+            if "t" in m:
+                state.clicks[v] = _click(m)
+        async for suffix, n in self._scan_strings(names.KEY_IP_CLICKS):
+            window, _, ip = suffix.partition(":")
+            state.ip_clicks[(int(window), ip)] = int(n)
+        async for oid, raw in self._scan_strings(names.KEY_ORDER):
+            order = decode_order(raw)
+            state.cold[oid] = raw
+            if order.settle_at_ms is not None and not order.settled:
+                state.settle_index[oid] = order.settle_at_ms
+        async for uid, m in self._scan_hashes(names.KEY_BALANCE):
+            state.balances[uid] = Balance(int(m.get("p", 0)), int(m.get("a", 0)), int(m.get("l", 0)))
+        state.dead_ids = set(await self.redis.smembers(names.KEY_DEAD))
+        return state
+
+    async def _check_all_slots(self) -> None:
+        """Nothing to check on one server (the epoch covers it); the cluster checks every slot's marker."""
+
+    async def _scan_keys(self, prefix: str) -> Any:
+        """Every key with this prefix, in chunks."""
+        chunk: list[str] = []
+        async for key in self.redis.scan_iter(match=prefix + "*", count=5000):
+            chunk.append(key)
+            if len(chunk) >= 5000:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
+    async def _scan_hashes(self, prefix: str) -> Any:
+        """(suffix, fields) of every hash under prefix."""
+        n = len(prefix)
+        async for keys in self._scan_keys(prefix):
+            async with self.redis.pipeline(transaction=False) as p:
+                for k in keys:
+                    p.hgetall(k)
+                got = await p.execute()
+            for k, m in zip(keys, got, strict=True):
+                if m:
+                    yield k[n:], m
+
+    async def _scan_strings(self, prefix: str) -> Any:
+        """(suffix, value) of every string under prefix."""
+        n = len(prefix)
+        async for keys in self._scan_keys(prefix):
+            async with self.redis.pipeline(transaction=False) as p:
+                for k in keys:
+                    p.get(k)
+                got = await p.execute()
+            for k, v in zip(keys, got, strict=True):
+                if v is not None:
+                    yield k[n:], v
+
     async def balances(self) -> dict[str, dict[str, int]]:
         """Every beneficiary's pending and available cents (for tests and reports)."""
         out: dict[str, dict[str, int]] = {}
@@ -527,7 +716,15 @@ def _click(m: dict[str, str]) -> ClickMark:
 
 
 def _user(m: dict[str, str]) -> User:
-    return User(signup_ms=int(m["t"]), distributor=m.get("d") == "1", inviter=m.get("i"), signup_event_id=m["e"])
+    sk = m.get("sk")
+    return User(
+        signup_ms=int(m["t"]),
+        distributor=m.get("d") == "1",
+        inviter=m.get("i"),
+        signup_event_id=m["e"],
+        frozen=m.get("f") == "1",
+        status_key=_key_parse(sk) if sk else None,
+    )
 
 
 def _as_map(v: Any) -> dict[str, Any]:

@@ -2,49 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 
-from streams import names
 from streams.config import Program
-from streams.ledger import Binding, Entry, LimitedClick
+from streams.outputs import KafkaOutputs
 from streams.referral_store import RedisStore, open_store
-from streams.sequencer import DeadLetter, Sequencer
+from streams.sequencer import Sequencer
 from streams.settings import Settings
-
-
-def _json(value: dict[str, object]) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-
-
-class FaustOutputs:
-    """Sends a batch's records through the app's producer and waits for every broker ack."""
-
-    async def send_all(
-        self,
-        entries: Sequence[Entry],
-        bindings: Sequence[Binding],
-        dead: Sequence[DeadLetter],
-        limited: Sequence[LimitedClick] = (),
-    ) -> None:
-        """Produce commissions by beneficiary, bindings by user, dead letters as input, limited clicks by visitor.
-
-        Straight to faust's producer (the partitioner is the same): faust's Topic.send wraps every record
-        in channel and future objects that cost more than the record itself.
-        """
-        from streams.app import app
-
-        records: list[tuple[str, bytes | None, dict[str, object]]] = []
-        records.extend((names.COMMISSIONS, e.beneficiary_id.encode(), e.as_record()) for e in entries)
-        records.extend((names.BINDINGS, b.user_id.encode(), b.as_record()) for b in bindings)
-        records.extend((names.DEAD_LETTERS, d.key, d.as_record()) for d in dead)
-        records.extend((names.CLICKS_LIMITED, c.visitor_id.encode(), c.as_record()) for c in limited)
-        send = app.producer.send
-        futs = [await send(topic, key, _json(value), None, None, None) for topic, key, value in records]
-        if futs:
-            await asyncio.gather(*futs)
 
 
 @dataclass
@@ -55,6 +19,7 @@ class Runtime:
     program: Program
     store: RedisStore
     sequencer: Sequencer
+    outputs: KafkaOutputs
 
 
 _runtime: Runtime | None = None
@@ -70,6 +35,7 @@ def init(settings: Settings, program: Program, owner: str, epoch: str) -> Runtim
         epoch,
         click_window_ms=program.clicks.window_ms,
     )
+    outputs = KafkaOutputs(settings.kafka, f"{settings.app_id}-outputs", settings.compression_type)
     _runtime = Runtime(
         settings,
         program,
@@ -77,10 +43,11 @@ def init(settings: Settings, program: Program, owner: str, epoch: str) -> Runtim
         Sequencer(
             program,
             store,
-            FaustOutputs(),
+            outputs,
             batch_size=settings.batch_size,
             crash_at=settings.crash_at,
         ),
+        outputs,
     )
     return _runtime
 

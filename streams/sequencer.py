@@ -1,13 +1,14 @@
-"""The worker's core loop: release aligned events in batches, apply them, emit outputs, then commit.
+"""The worker's core loop: read, align, apply in memory, emit outputs, write Redis, then commit offsets.
 
-Order of effects per batch, chosen for crash safety with at-least-once delivery:
-1. load the batch's state from Redis (one Lua call);
-2. apply the rules in memory (streams.ledger);
-3. produce every output and wait for the broker's acks (ids are deterministic, so a replay rewrites them);
-4. write the state back in one atomic Lua call (applied event ids go with it, so a replay is recognised);
-5. ack the input records, so their offsets can be committed.
-A crash before 4 replays the batch from the same state and produces the same records again; a crash
-after 4 replays events the state already shows as applied, which then change nothing.
+State lives in memory (a write-through cache of Redis loaded once at start); each batch of aligned events is
+applied to it by the pure rules (streams.ledger), and its effects leave in this order, chosen for crash safety
+with at-least-once delivery:
+1. produce every output and wait for the broker's acks (ids are deterministic, so a replay rewrites them);
+2. write the batch's changed keys to Redis in one atomic script (applied event ids go with it);
+3. only then may the batch's input offsets be committed.
+A crash before 2 replays the batch from the same Redis state and produces the same records again; a crash after
+2 replays events the state already shows as applied, which then change nothing. While batch N's outputs and
+Redis write are in flight, batch N+1 is applied in memory; writes still land in batch order.
 """
 
 from __future__ import annotations
@@ -22,58 +23,29 @@ from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from schemas.events import Event, format_ts
+from aiokafka import TopicPartition
+
+from schemas.events import format_ts
+from streams import names
 from streams.alignment import INF_KEY, Aligner
 from streams.config import Program
-from streams.ledger import Binding, Entry, Ledger, LimitedClick, SeqKey, State
-from streams.referral_store import BatchRequest, RedisStore
+from streams.consume import DeadLetter, Held, InputReader, classify
+from streams.ledger import Binding, Entry, Ledger, LimitedClick, State, seq_key
+from streams.referral_store import CachedState, RedisStore, StagedCommands
 
 log = logging.getLogger(__name__)
 
 # Least time between two end-offset requests for quiet partitions (see Aligner.due_checks).
 CHECK_INTERVAL_S = 0.05
 CHECK_TIMEOUT_S = 5.0
+# Offsets are committed at most this often (a crash replays at most this much, which changes nothing).
+OFFSET_COMMIT_INTERVAL_S = 1.0
+# How often due settlements are looked for while no event arrives.
+SETTLE_CHECK_S = 0.5
 
+OutputRecord = tuple[str, bytes | None, dict[str, object]]
 
-@dataclass(slots=True)
-class Held:
-    """A decoded input record waiting for its turn, with what is needed to dead-letter and ack it."""
-
-    event: Event
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    raw: bytes
-    ack: Callable[[], Any]
-
-
-@dataclass(slots=True)
-class DeadLetter:
-    """A refused record: the fenxiao.dead-letters value, keyed as its input."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    event_id: str | None
-    reason: str
-    detail: str
-    raw: bytes
-    ts: str
-
-    def as_record(self) -> dict[str, object]:
-        """The fenxiao.dead-letters value."""
-        return {
-            "topic": self.topic,
-            "partition": self.partition,
-            "offset": self.offset,
-            "event_id": self.event_id,
-            "reason": self.reason,
-            "detail": self.detail,
-            "raw": self.raw.decode("utf-8", errors="backslashreplace"),
-            "ts": self.ts,
-        }
+__all__ = ["DeadLetter", "Held", "Outputs", "Sequencer", "Stats", "output_records"]
 
 
 class Projection(Protocol):
@@ -85,13 +57,21 @@ class Projection(Protocol):
 class Outputs(Protocol):
     """Where a batch's records go; returns once the broker has acknowledged all of them."""
 
-    def send_all(
-        self,
-        entries: Sequence[Entry],
-        bindings: Sequence[Binding],
-        dead: Sequence[DeadLetter],
-        limited: Sequence[LimitedClick] = (),
-    ) -> Awaitable[None]: ...
+    def send_records(self, records: Sequence[OutputRecord]) -> Awaitable[None]: ...
+
+
+def output_records(
+    entries: Sequence[Entry],
+    bindings: Sequence[Binding],
+    dead: Sequence[DeadLetter],
+    limited: Sequence[LimitedClick] = (),
+) -> list[OutputRecord]:
+    """Commissions by beneficiary, bindings by user, dead letters as their input, limited clicks by visitor."""
+    records: list[OutputRecord] = [(names.COMMISSIONS, e.beneficiary_id.encode(), e.as_record()) for e in entries]
+    records.extend((names.BINDINGS, b.user_id.encode(), b.as_record()) for b in bindings)
+    records.extend((names.DEAD_LETTERS, d.key, d.as_record()) for d in dead)
+    records.extend((names.CLICKS_LIMITED, c.visitor_id.encode(), c.as_record()) for c in limited)
+    return records
 
 
 @dataclass
@@ -109,7 +89,7 @@ class Stats:
 
 
 class Sequencer:
-    """Owns the aligner and runs the apply loop; agents only offer records to it."""
+    """Owns the aligner and the in-memory state, and runs the read-apply-write loop."""
 
     def __init__(
         self,
@@ -132,7 +112,9 @@ class Sequencer:
         self.wall_ms = wall_ms
         self.wakeup = asyncio.Event()
         self.stats = Stats()
-        self._last_settle_check = 0.0
+        self.state: State = CachedState()
+        self.reader: InputReader | None = None
+        self._last_settle_check = float("-inf")
         self._stopping = False
         self.projections = tuple(projections)
         self._crash_point, _, n = (crash_at or "").partition(":")
@@ -140,15 +122,23 @@ class Sequencer:
         self.end_offsets: Callable[[list[Hashable]], Awaitable[Mapping[Hashable, int]]] | None = None
         self._last_check = float("-inf")
         self._check_deferred = False
+        self._pending_dead: list[DeadLetter] = []
+        self._formed = 0
+        self._flush: asyncio.Task[None] | None = None
+        self._committable: dict[Any, int] = {}
+        self._committed: dict[Any, int] = {}
+        self._last_offset_commit = float("-inf")
+        self._lock = asyncio.Lock()
+        self._ip_window = -1
 
     def use_broker(self, end_offsets: Callable[[list[Hashable]], Awaitable[Mapping[Hashable, int]]]) -> None:
         """Ask the broker (end_offsets) before treating a quiet partition as idle, not the consumer's highwater."""
         self.end_offsets = end_offsets
         self.aligner.confirm_idle = True
 
-    def _maybe_crash(self, point: str) -> None:
+    def _maybe_crash(self, point: str, batch: int) -> None:
         """Fault injection for the crash tests: die like `kill -9` at a chosen point of a chosen batch."""
-        if self._crash_point == point and self.stats.batches + 1 == self._crash_batch:
+        if self._crash_point == point and batch == self._crash_batch:
             log.warning("fault injection: SIGKILL at %s of batch %d", point, self._crash_batch)
             os.kill(os.getpid(), signal.SIGKILL)
 
@@ -157,49 +147,94 @@ class Sequencer:
         self.aligner.assign(tp, rank)
 
     def revoke(self, tp: Hashable) -> None:
-        """A partition went to another worker: forget its held events unacked, the new owner reads them."""
+        """A partition went to another worker: forget its held events, the new owner reads them."""
         self.aligner.revoke(tp)
 
-    def offer(
-        self, tp: Hashable, rank: int, key: SeqKey, held: Held, lag: int | None, offset: int | None = None
-    ) -> None:
-        """Hold a decoded event until alignment releases it."""
-        self.aligner.assign(tp, rank)
-        self.aligner.add(tp, key, held, lag, offset)
-        self.wakeup.set()
+    # ---- wiring to the consumer ------------------------------------------------
 
-    async def dead_letter_now(self, dl: DeadLetter) -> None:
-        """Refuse a record that is not an event at all; it needs no place in the sequence."""
-        await self.outputs.send_all([], [], [dl])
-        self.stats.dead_letters += 1
+    async def attach(self, reader: InputReader) -> None:
+        """Load the whole state from Redis, then read: nothing is decided before the cache is complete."""
+        self.state = await self.store.load_all()
+        self.reader = reader
+        reader.on_assign = self._on_assigned
+        reader.on_revoke = self._on_revoked
+        self.aligner.highwater = reader.end_offset
+        self.use_broker(reader.end_offsets)
+
+    async def _on_assigned(self, tps: list[Any]) -> None:
+        for tp in tps:
+            if tp.topic in names.TOPIC_RANK:
+                self.assign(tp, names.TOPIC_RANK[tp.topic])
+
+    async def _on_revoked(self, tps: list[Any]) -> None:
+        """Finish the batch in flight and commit what is applied before the partitions move."""
+        await self.drain()
+        for tp in tps:
+            self.revoke(tp)
+
+    # ---- the loop ------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Apply batches until stopped; wakes on new events, when a held event may pass an idle partition,
-        and at least every 100 ms."""
-        while not self._stopping:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wakeup.wait(), timeout=self._sleep_for())
-            self.wakeup.clear()
-            while await self.step():
-                pass
-            if await self.confirm_idle():
-                while await self.step():
-                    pass
+        """Read, align and apply until stopped; on the way out, finish the batch in flight and commit offsets."""
+        reader = self.reader
+        if reader is None:
+            raise RuntimeError("the sequencer has no input reader (attach one first)")
+        try:
+            while not self._stopping:
+                records = await reader.poll(self._poll_ms())
+                if self._stopping:
+                    break
+                self._take(reader, records)
+                await self._apply_ready()
+                if await self.confirm_idle():
+                    await self._apply_ready()
+                reader.flow_control(self.aligner.buffered_by_partition(), self._ahead)
+                await self._commit_offsets()
+        finally:
+            await self.drain()
 
-    def _sleep_for(self) -> float:
+    def _poll_ms(self) -> int:
         t = 0.1
         due = self.aligner.next_due()
         if due is not None:
             t = min(t, due + 0.001)
         if self._check_deferred:
             t = min(t, max(0.001, self._last_check + CHECK_INTERVAL_S - self.clock()))
-        return t
+        return max(1, int(t * 1000))
+
+    def _take(self, reader: InputReader, records: Sequence[Any]) -> None:
+        """Decode each record once; hold events for the aligner, queue dead letters for the next batch."""
+        book = reader.book
+        aligner = self.aligner
+        tps: dict[tuple[str, int], TopicPartition] = {}
+        for rec in records:
+            tp = tps.get((rec.topic, rec.partition))
+            if tp is None:
+                tp = tps[(rec.topic, rec.partition)] = _tp(rec.topic, rec.partition)
+                aligner.assign(tp, names.TOPIC_RANK[rec.topic])
+            item = classify(rec)
+            if isinstance(item, DeadLetter):
+                self._pending_dead.append(item)
+                aligner.touch(tp, None, rec.offset)
+                continue
+            book.read(tp, rec.offset)
+            aligner.add(tp, seq_key(names.TOPIC_RANK[rec.topic], item.event), item, None, rec.offset)
+        for tp in reader.assignment():
+            pos = reader.next_offset(tp)
+            if pos is not None:
+                book.position(tp, pos)
+                aligner.advance(tp, pos)
+
+    def _ahead(self, tp: Any) -> bool:
+        """Whether a partition's read position is past the frontier (pausing it cannot hold the frontier back)."""
+        part = self.aligner.parts.get(tp)
+        return part is not None and part.position() > self.aligner.frontier()
 
     async def confirm_idle(self) -> bool:
         """Ask the broker for quiet partitions' end offsets when a held event or the frontier waits on them.
 
-        The consumer's highwater is only as fresh as its last fetch of that partition: a worker that is
-        behind may not have fetched for longer than the grace, and an unfetched backlog then looks idle.
+        The consumer's end offset is only as fresh as its last fetch of that partition: a worker that is behind
+        may not have fetched for longer than the grace, and an unfetched backlog then looks idle.
         True if an answer was recorded (so a release may now pass those partitions).
         """
         self._check_deferred = False
@@ -242,23 +277,26 @@ class Sequencer:
             bound = min(bound, held[0] - 1)
         return bound
 
+    async def _apply_ready(self) -> None:
+        """Apply every released batch (and due settlements), handing each to the writer in order."""
+        while await self.step():
+            pass
+
     async def step(self) -> bool:
-        """Apply one released batch (and due settlements); True if there may be more to do at once."""
+        """Apply one released batch in memory and start writing it out; True if there may be more at once."""
         batch = self.aligner.release(self.batch_size)
         now = self.clock()
-        if not batch and now - self._last_settle_check < 0.5:
+        if not batch and not self._pending_dead and now - self._last_settle_check < SETTLE_CHECK_S:
             return False
         self._last_settle_check = now
-        settle_until = self._settle_until()
         t0 = time.perf_counter()
-        events = [h.event for _, h in batch]
-        state = await self.store.load(BatchRequest.for_events(events, self.program.clicks), settle_until)
-        if not batch and not state.settle_index:
-            return False
+        settle_until = self._settle_until()
+        state = self.state
         ledger = Ledger(self.program, state)
         entries: list[Entry] = []
         bindings: list[Binding] = []
-        dead: list[DeadLetter] = []
+        dead, self._pending_dead = self._pending_dead, []
+        invalid = len(dead)
         limited: list[LimitedClick] = []
         for key, h in batch:
             entries.extend(ledger.settle_due(min(key[0] - 1, settle_until)))
@@ -272,42 +310,91 @@ class Sequencer:
             if res.rejection:
                 dead.append(
                     DeadLetter(
-                        h.topic,
-                        h.partition,
-                        h.offset,
-                        h.key,
-                        h.event.event_id,
-                        res.rejection,
-                        res.detail,
-                        h.raw,
+                        h.topic, h.partition, h.offset, h.key, h.event.event_id, res.rejection, res.detail, h.raw,
                         h.event.ts,
                     )
                 )
         entries.extend(ledger.settle_due(settle_until))
-        self._maybe_crash("before_produce")
-        await self.outputs.send_all(entries, bindings, dead, limited)
-        self._maybe_crash("after_produce")
-
-        def stage(pipe: Any) -> None:
-            for proj in self.projections:
-                proj.stage(pipe, state, entries, bindings)
-
-        await self.store.commit(state, batch[-1][0] if batch else None, stage if self.projections else None)
-        self._maybe_crash("after_commit")
-        for _, h in batch:
-            h.ack()
+        if not batch and not entries and not dead:
+            return False
+        book = self.reader.book if self.reader is not None else None
+        if book is not None:
+            for _, h in batch:
+                book.released(_tp(h.topic, h.partition), h.offset)
+        self._formed += 1
+        projected = StagedCommands()
+        for proj in self.projections:  # before the state is staged: they read this batch's orders
+            proj.stage(projected, state, entries, bindings)
+        staged = self.store.stage(state, batch[-1][0] if batch else None)
+        staged.commands[:0] = projected.commands
+        state.limited_ids.clear()
+        if batch:
+            self._forget_old_ip_windows(batch[-1][0][0])
+        records = output_records(entries, bindings, dead, limited)
+        offsets = book.committable() if book is not None else {}
+        await self._wait_flush()
+        self._flush = asyncio.create_task(self._write(self._formed, records, staged, offsets))
         self.stats.applied += len(batch)
         self.stats.batches += 1
         self.stats.entries += len(entries)
         self.stats.dead_letters += len(dead)
+        self.stats.extra["invalid"] = self.stats.extra.get("invalid", 0) + invalid
         self.stats.limited_clicks += len(limited)
         self.stats.last_batch_ms = (time.perf_counter() - t0) * 1000
         return len(batch) == self.batch_size
+
+    def _forget_old_ip_windows(self, ts_ms: int) -> None:
+        """Per-ip click counts of windows the sequence has left behind are never read again: drop them."""
+        limits = self.program.clicks
+        window = limits.window(ts_ms)
+        if window <= self._ip_window:
+            return
+        self._ip_window = window
+        counts = self.state.ip_clicks
+        for k in [k for k in counts if k[0] < window - 1]:
+            del counts[k]
+
+    async def _write(
+        self, n: int, records: list[OutputRecord], staged: StagedCommands, offsets: dict[Any, int]
+    ) -> None:
+        """Outputs first (acked), then Redis; only then are the batch's offsets committable."""
+        self._maybe_crash("before_produce", n)
+        await self.outputs.send_records(records)
+        self._maybe_crash("after_produce", n)
+        await self.store.write(staged)
+        self._maybe_crash("after_commit", n)
+        self._committable.update(offsets)
+
+    async def _wait_flush(self) -> None:
+        """The previous batch's writes must land before the next one's start (and a failure stops the loop)."""
+        if self._flush is not None:
+            task, self._flush = self._flush, None
+            await task
+
+    async def _commit_offsets(self, force: bool = False) -> None:
+        now = self.clock()
+        if self.reader is None or (not force and now - self._last_offset_commit < OFFSET_COMMIT_INTERVAL_S):
+            return
+        self._last_offset_commit = now
+        todo = {tp: off for tp, off in self._committable.items() if self._committed.get(tp) != off}
+        if todo:
+            await self.reader.commit(todo)
+            self._committed.update(todo)
+
+    async def drain(self) -> None:
+        """Finish the batch in flight and commit the offsets of everything written."""
+        async with self._lock:
+            await self._wait_flush()
+            with contextlib.suppress(Exception):
+                await self._commit_offsets(force=True)
 
     def status(self) -> dict[str, object]:
         """What the loop holds and has done, for /status and the demo's live view."""
         marks = self.aligner.watermarks()
         frontier = min(marks.values(), default=INF_KEY)
+        reader = self.reader
+        owned = sorted(f"{tp.topic}:{tp.partition}" for tp in reader.assignment()) if reader is not None else []
+        paused = sorted(f"{tp.topic}:{tp.partition}" for tp in reader.paused) if reader is not None else []
         return {
             "held": len(self.aligner),
             "late": self.aligner.late,
@@ -321,6 +408,9 @@ class Sequencer:
             "duplicates": self.stats.duplicates,
             "limited_clicks": self.stats.limited_clicks,
             "last_batch_ms": round(self.stats.last_batch_ms, 2),
+            "owned": owned,
+            "paused": paused,
+            "error": reader.error if reader is not None else None,
             "partitions": [
                 {
                     "partition": f"{getattr(tp, 'topic', tp)}:{getattr(tp, 'partition', '')}",
@@ -333,3 +423,7 @@ class Sequencer:
                 for tp, p in sorted(self.aligner.parts.items(), key=lambda kv: str(kv[0]))
             ],
         }
+
+
+def _tp(topic: str, partition: int) -> TopicPartition:
+    return TopicPartition(topic, partition)

@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr
+from aiokafka import codec
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streams import names
+
+# FENXIAO_COMPRESSION values -> (aiokafka compression_type, whether its library is importable).
+# lz4 is the default: the cheapest codec per byte in the worker's one process, and every mainstream
+# client decodes it natively (Java, librdkafka and so PHP/Go/Node-rdkafka, franz-go, sarama); see docs/producers.md.
+COMPRESSIONS: dict[str, tuple[str | None, Callable[[], bool]]] = {
+    "gzip": ("gzip", codec.has_gzip),
+    "snappy": ("snappy", codec.has_snappy),
+    "lz4": ("lz4", codec.has_lz4),
+    "zstd": ("zstd", codec.has_zstd),
+    "none": (None, lambda: True),
+}
+DEFAULT_COMPRESSION = "lz4"
 
 
 class Settings(BaseSettings):
@@ -51,6 +65,32 @@ class Settings(BaseSettings):
         default="https://shop.example/s", validation_alias=AliasChoices(names.ENV_SHARE_BASE_URL)
     )
 
+    compression: str = Field(
+        default=DEFAULT_COMPRESSION,
+        validation_alias=AliasChoices(names.ENV_COMPRESSION),
+        description="codec of the records the worker produces: gzip, snappy, lz4, zstd or none",
+    )
+
+    @field_validator("compression", mode="before")
+    @classmethod
+    def _known_codec(cls, value: object) -> str:
+        """Refuse a codec Kafka does not know here, naming the variable, instead of failing at the first send."""
+        name = str(value).strip().lower()
+        if name not in COMPRESSIONS:
+            raise ValueError(f"{names.ENV_COMPRESSION}={value!r} is not a codec: use one of {', '.join(COMPRESSIONS)}")
+        return name
+
+    @property
+    def compression_type(self) -> str | None:
+        """The aiokafka producer's compression_type for FENXIAO_COMPRESSION (None = uncompressed)."""
+        kind, available = COMPRESSIONS[self.compression]
+        if not available():
+            raise ValueError(
+                f"{names.ENV_COMPRESSION}={self.compression}: the codec library is missing; "
+                "pip install cramjam (a pinned dependency of fenxiao), or choose gzip or none"
+            )
+        return kind
+
     @property
     def sink_port(self) -> int:
         """The sink process's HTTP port on 127.0.0.1: FENXIAO_SINK_PORT, else the web port + 1000."""
@@ -60,6 +100,16 @@ class Settings(BaseSettings):
     def chdb_path(self) -> Path:
         """Embedded ClickHouse data directory (one owning process at a time)."""
         return self.clickhouse_path or self.var_dir / "clickhouse"
+
+
+def explain(e: ValidationError) -> str:
+    """A refused FENXIAO_* value as one line per variable, naming it, instead of pydantic's traceback."""
+    lines = []
+    for err in e.errors():
+        where = ".".join(str(part) for part in err["loc"])
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        lines.append(msg if msg.startswith(where) else f"{where}: {msg} (got {err.get('input')!r})")
+    return "\n".join(lines)
 
 
 @lru_cache(maxsize=1)

@@ -48,7 +48,7 @@ def buffer_record(sink: ClickHouseSink, topic: str, raw: bytes | None) -> None:
         ev = decode(topic, raw)
         if not isinstance(ev, Invalid):
             table = {names.CLICKS: CLICKS, names.TIERS: TIER_EVENTS}.get(topic, ORDERS)
-            sink.add(table, ev.model_dump())
+            sink.add(table, ev.as_dict())
 
 
 async def flush_until_written(sink: ClickHouseSink, written: dict[str, int]) -> None:

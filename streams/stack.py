@@ -43,6 +43,7 @@ REDIS = "redis"
 
 # The single pin of the Kafka version (and of the jars Maven fetches) lives in this tracked pom.
 POM_PATH = Path(__file__).resolve().parent.parent / "deploy" / "kafka" / "pom.xml"
+TOOLS_POM_PATH = POM_PATH.parent / "tools-pom.xml"  # Kafka's console tools, same version, for the tests
 _POM_NS = {"m": "http://maven.apache.org/POM/4.0.0"}
 
 MIN_JAVA = 17
@@ -406,21 +407,44 @@ def ensure_kafka_jars(cfg: StackConfig) -> Path:
     version = kafka_version()
     pom_bytes = POM_PATH.read_bytes()
     digest = hashlib.sha256(pom_bytes).hexdigest()[:16]
-    home = cfg.cache_dir / f"kafka-{version}"
+    return _maven_jars(cfg, pom_bytes, digest, f"kafka-{version}", f"kafka_2.13-{version}.jar", f"Kafka {version}", [])
+
+
+def ensure_kafka_tools_jars(cfg: StackConfig) -> Path:
+    """The directory of kafka-tools and its runtime jars (console producer/consumer), fetched once like the broker's."""
+    version = kafka_version()
+    pom_bytes = TOOLS_POM_PATH.read_bytes()
+    digest = hashlib.sha256(pom_bytes + version.encode()).hexdigest()[:16]
+    return _maven_jars(
+        cfg,
+        pom_bytes,
+        digest,
+        f"kafka-tools-{version}",
+        f"kafka-tools-{version}.jar",
+        f"kafka-tools {version}",
+        [f"-Dkafka.version={version}"],
+    )
+
+
+def _maven_jars(
+    cfg: StackConfig, pom_bytes: bytes, digest: str, name: str, probe: str, what: str, extra: list[str]
+) -> Path:
+    """`mvn dependency:copy-dependencies` of one pom into cache_dir/name/libs, once per pom digest, under a lock."""
+    home = cfg.cache_dir / name
     libs, marker = home / "libs", home / ".complete"
 
     def complete() -> bool:
-        return marker.exists() and marker.read_text().strip() == digest and any(libs.glob("kafka_2.13-*.jar"))
+        return marker.exists() and marker.read_text().strip() == digest and (libs / probe).exists()
 
     if complete():
         return libs
-    with _file_lock(cfg.cache_dir / f"kafka-{version}.lock"):
+    with _file_lock(cfg.cache_dir / f"{name}.lock"):
         if complete():
             return libs
         mvn = shutil.which("mvn")
         if mvn is None:
             raise StackError(
-                "mvn (Maven) is not installed; it fetches the Kafka jars once: apt-get install -y maven, then retry"
+                f"mvn (Maven) is not installed; it fetches the {what} jars once: apt-get install -y maven, then retry"
             )
         home.mkdir(parents=True, exist_ok=True)
         marker.unlink(missing_ok=True)
@@ -435,6 +459,7 @@ def ensure_kafka_jars(cfg: StackConfig) -> Path:
             "-f",
             str(work_pom),
             f"-Dmaven.repo.local={cfg.cache_dir / 'm2'}",
+            *extra,
             "dependency:copy-dependencies",
             "-DincludeScope=runtime",
             f"-DoutputDirectory={partial}",
@@ -442,16 +467,43 @@ def ensure_kafka_jars(cfg: StackConfig) -> Path:
         try:
             res = subprocess.run(cmd, cwd=home, capture_output=True, text=True, timeout=1800, check=False)
         except subprocess.TimeoutExpired:
-            raise StackError("fetching the Kafka jars with Maven took over 30 minutes: check the network") from None
-        if res.returncode != 0 or not any(partial.glob(f"kafka_2.13-{version}.jar")):
+            raise StackError(f"fetching the {what} jars with Maven took over 30 minutes: check the network") from None
+        if res.returncode != 0 or not (partial / probe).exists():
             out = "\n".join((res.stdout + res.stderr).splitlines()[-20:])
             raise StackError(
-                f"fetching Kafka {version} jars with Maven failed (is Maven Central reachable?): {' '.join(cmd)}\n{out}"
+                f"fetching {what} jars with Maven failed (is Maven Central reachable?): {' '.join(cmd)}\n{out}"
             )
         shutil.rmtree(libs, ignore_errors=True)
         partial.rename(libs)
         marker.write_text(digest + "\n")
     return libs
+
+
+# Main classes of Kafka's console tools in kafka-tools (what bin/kafka-console-*.sh run).
+CONSOLE_PRODUCER = "org.apache.kafka.tools.ConsoleProducer"
+CONSOLE_CONSUMER = "org.apache.kafka.tools.consumer.ConsoleConsumer"
+TOOLS_HEAP = ("-Xms32m", "-Xmx256m")
+
+
+def kafka_tool(
+    main_class: str,
+    args: list[str],
+    *,
+    stdin: bytes | None = None,
+    timeout: float = 120.0,
+    cache_dir: Path | None = None,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run one of Kafka's own Java tools (e.g. CONSOLE_PRODUCER) with java -cp, as a shop's Java service would."""
+    cfg = StackConfig(var_dir=Path("var"), cache_dir=cache_dir or default_cache_dir())
+    libs = ensure_kafka_tools_jars(cfg)
+    jvm = [check_java(), *TOOLS_HEAP, "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Djava.awt.headless=true"]
+    cmd = [*jvm, "-cp", str(libs / "*"), main_class, *args]
+    try:
+        return subprocess.run(cmd, input=stdin, capture_output=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as e:
+        raise StackError(
+            f"{main_class} ran over {timeout:.0f}s: {(e.stderr or b'').decode(errors='replace')[-2000:]}"
+        ) from None
 
 
 def check_java() -> str:
@@ -926,17 +978,19 @@ def redis_cluster(var_dir: Path, nodes: int = 3, host: str = "127.0.0.1", timeou
 
 
 def deps_command() -> int:
-    """What `make deps` runs once redis-server is installed: check Java and fetch the Kafka jars (once)."""
+    """What `make deps` runs once redis-server is installed: check Java, fetch the Kafka and kafka-tools jars (once)."""
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
         java = check_java()
         _redis_server()
         t0 = time.monotonic()
-        libs = ensure_kafka_jars(StackConfig(var_dir=Path("var")))
+        cfg = StackConfig(var_dir=Path("var"))
+        libs = ensure_kafka_jars(cfg)
+        tools = ensure_kafka_tools_jars(cfg)
     except StackError as e:
         _print_error(err, e)
         return 2
-    print(f"java: {java}; kafka {kafka_version()} jars: {libs} ({time.monotonic() - t0:.1f}s)")
+    print(f"java: {java}; kafka {kafka_version()} jars: {libs}, tools: {tools} ({time.monotonic() - t0:.1f}s)")
     return 0
 
 

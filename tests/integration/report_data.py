@@ -46,7 +46,7 @@ def sink_rows(example: str) -> dict[str, list[dict[str, Any]]]:
             continue
         table = {names.CLICKS: S.CLICKS, names.ORDERS: S.ORDERS, names.TIERS: S.TIER_EVENTS}.get(rec["topic"])
         if table is not None:
-            rows[table].append(ev.model_dump())
+            rows[table].append(ev.as_dict())
         del i
     for d in run.dead_letters:
         rec = recs[int(str(d["offset"]))]

@@ -11,6 +11,7 @@ clicks are counted; 0 turns a dimension off.
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -18,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from schemas.events import Click
+from schemas.events import Click, decode
 from streams import names, reference
 from streams.config import ClickLimits, ConfigError, Program, parse
 from streams.ledger import IP_RATE, VISITOR_RATE, Ledger, NotLoaded, State, seq_key
@@ -311,7 +312,9 @@ def test_limited_click_record() -> None:
 
 def _click_event(t: float, ip: str | None, visitor: str = "v") -> Click:
     value = {"event_id": f"e{t}", "ts": iso(t), "visitor_id": visitor, "ref": "X", "ip": ip}
-    return Click.model_validate({k: v for k, v in value.items() if v is not None})
+    ev = decode(names.CLICKS, json.dumps({k: v for k, v in value.items() if v is not None}))
+    assert isinstance(ev, Click), ev
+    return ev
 
 
 def test_batch_request_loads_the_ip_windows_the_rule_reads() -> None:

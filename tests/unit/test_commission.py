@@ -14,7 +14,7 @@ from fractions import Fraction
 
 import pytest
 
-from streams.commission import cap_cents, deltas, level_amount, split
+from streams.commission import cap_cents, deltas, level_amount, split, split_items, spread
 
 MAX = 10**12  # the largest amount the contract allows
 
@@ -219,3 +219,79 @@ def test_refunds_recomputed_by_deltas_add_up(seed: int) -> None:
             current = after
             assert running == _oracle(left, rates, max_bps)
         assert running == [0] * len(rates)
+
+
+# ---- contract v2: itemized orders ------------------------------------------------------------------------
+# Level amount = Σ over items of (item_cents × bps + 5000) // 10000; cap = order_cents × max_total_bps // 10000.
+
+# (items_cents, rates per level per item, order_cents, max_total_bps, expected per level)
+SPLIT_ITEMS = [
+    pytest.param([10000], [[1000], [500], [200]], 10000, 3000, [1000, 500, 200], id="one-item-is-rule-5"),
+    # 15×1000 = 15000 → 2, 25×1000 = 25000 → 3: 5 (the whole 40 would give 4)
+    pytest.param([15, 25], [[1000, 1000]], 40, 3000, [5], id="rounded-per-item"),
+    # 3000×2000 → 600 + 5000×1000 → 500 + 2000×0 → 0 = 1100; 240 + 250 = 490; 90 + 100 = 190
+    pytest.param(
+        [3000, 5000, 2000],
+        [[2000, 1000, 0], [800, 500, 0], [300, 200, 0]],
+        10000,
+        3000,
+        [1100, 490, 190],
+        id="product-tier-gift",
+    ),
+    # cap 10000×2000 // 10000 = 2000: L1 1600, L2 640 → 400, L3 240 → 0
+    pytest.param([8000, 2000], [[2000, 0], [800, 0], [300, 0]], 10000, 2000, [1600, 400, 0], id="cap-in-level-order"),
+    # the cap is on the order's cents, not the commissionable items: 2000×0 + ... cap 1000×1000 // 10000 = 100
+    pytest.param([500, 500], [[10000, 0]], 1000, 1000, [100], id="cap-on-whole-order"),
+    # each item 1 cent at 5000 bps: 0.5 → 1 per item = 3 (the whole 3 cents would give 1.5 → 2); cap 3
+    pytest.param([1, 1, 1], [[5000, 5000, 5000]], 3, 10000, [3], id="half-up-each-item"),
+    pytest.param([0, 0], [[1000, 1000], [500, 500]], 0, 3000, [0, 0], id="nothing-left"),
+]
+
+
+@pytest.mark.parametrize(("items", "rates", "order", "cap", "expected"), SPLIT_ITEMS)
+def test_split_items(items: list[int], rates: list[list[int]], order: int, cap: int, expected: list[int]) -> None:
+    assert split_items(items, rates, order, cap) == expected
+
+
+# A refund without items: share_i = floor(r × left_i / total); missing cents to the largest remainders,
+# ties to the earlier item. (refund, left per item, expected shares)
+SPREAD = [
+    pytest.param(0, [100, 200], [0, 0], id="nothing"),
+    pytest.param(300, [100, 200], [100, 200], id="everything"),
+    # 100×1 // 3 = 33 each, remainders 1, 1, 1: one missing cent → the first
+    pytest.param(100, [1, 1, 1], [34, 33, 33], id="three-way-tie"),
+    # 2×1 // 3 = 0 each, remainders 2, 2, 2: two missing → the first two
+    pytest.param(2, [1, 1, 1], [1, 1, 0], id="two-cents-over-three"),
+    # 3 over 5000, 5000: 1 each, remainders 5000, 5000 → the first
+    pytest.param(3, [5000, 5000], [2, 1], id="tie-to-earlier"),
+    # 5001 over 3000, 7000: 1500 rem 3000, 3500 rem 7000 → the cent to the second
+    pytest.param(5001, [3000, 7000], [1500, 3501], id="largest-remainder-wins"),
+    # 10 over 1, 2, 7: 10×1 // 10 = 1, 2, 7: exact
+    pytest.param(10, [1, 2, 7], [1, 2, 7], id="exact"),
+    # 7 over 3, 3, 4 (total 10): 21 // 10 = 2 rem 1, 2 rem 1, 28 // 10 = 2 rem 8: 1 missing → the third
+    pytest.param(7, [3, 3, 4], [2, 2, 3], id="remainder-beats-order"),
+    # 5 over 0, 10, 10: the emptied item takes nothing; 2 rem 10, 2 rem 10 → the first non-empty
+    pytest.param(5, [0, 10, 10], [0, 3, 2], id="empty-item-takes-nothing"),
+    pytest.param(0, [0, 0], [0, 0], id="all-empty"),
+]
+
+
+@pytest.mark.parametrize(("refund", "left", "expected"), SPREAD)
+def test_spread(refund: int, left: list[int], expected: list[int]) -> None:
+    assert spread(refund, left) == expected
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_spread_adds_up_and_never_takes_more_than_an_item_has(seed: int) -> None:
+    rng = random.Random(seed)
+    for _ in range(500):
+        left = [rng.randint(0, 10**6) for _ in range(rng.randint(1, 6))]
+        refund = rng.randint(0, sum(left))
+        shares = spread(refund, left)
+        assert sum(shares) == refund
+        assert all(0 <= s <= left_i for s, left_i in zip(shares, left, strict=True))
+        # each share is within one cent of the exact proportion
+        assert all(
+            abs(Fraction(s) - Fraction(refund * left_i, sum(left) or 1)) < 1
+            for s, left_i in zip(shares, left, strict=True)
+        )

@@ -155,6 +155,46 @@ BAD = [
     pytest.param("[program\nlevels = 3\n", ["TOML"], id="bad-toml-header"),
     pytest.param(cfg() + "\nlevels = = 3\n", ["TOML"], id="bad-toml-value"),
     pytest.param(cfg() + "\n[tiers.standard]\nrates_bps = [1, 2, 3]\n", ["TOML"], id="bad-toml-duplicate-table"),
+    # ---- contract v2: [products] and [withdrawals] ----
+    pytest.param(
+        cfg('[products."sku-1"]\nrates_bps = [2000, 800]\n'),
+        ["products.sku-1.rates_bps", "2 rates", "levels = 3"],
+        id="product-fewer-rates-than-levels",
+    ),
+    pytest.param(
+        cfg('[products."sku-1"]\nrates_bps = [2000, 800]\n', levels=2).replace(
+            "\n[tiers.standard]", "\n[campaigns.big]\nlevels = 3\n[tiers.standard]"
+        ),
+        ["products.sku-1.rates_bps", "levels = 3"],
+        id="product-fewer-rates-than-a-campaigns-levels",
+    ),
+    pytest.param(
+        cfg('[products."sku-1"]\nrates_bps = [2000, -1, 300]\n'), ["products.sku-1.rates_bps.1"], id="product-negative"
+    ),
+    pytest.param(
+        cfg('[products."sku-1"]\nrates_bps = [2000, 10001, 300]\n'),
+        ["products.sku-1.rates_bps.1"],
+        id="product-over-100pct",
+    ),
+    pytest.param(
+        cfg('[products."sku-1"]\nrates_bps = [2000, 800, 300]\ncommission = false\n'),
+        ["products.sku-1", "not both"],
+        id="product-rates-and-no-commission",
+    ),
+    pytest.param(cfg('[products."sku-1"]\n'), ["products.sku-1", "rates_bps"], id="product-empty"),
+    pytest.param(cfg('[products."sku-1"]\ncommission = "no"\n'), ["products.sku-1.commission"], id="product-bool"),
+    pytest.param(cfg('[products."sku-1"]\nrates_bps = []\n'), ["products.sku-1.rates_bps"], id="product-no-rates"),
+    pytest.param(
+        cfg('[products."sku-1"]\nrate_bps = [1, 2, 3]\n'), ["products.sku-1.rate_bps", "unknown key"], id="product-typo"
+    ),
+    pytest.param(cfg("[withdrawals]\nmin_cents = -1\n"), ["withdrawals.min_cents"], id="withdraw-min-negative"),
+    pytest.param(cfg("[withdrawals]\nfee_bps = -1\n"), ["withdrawals.fee_bps"], id="withdraw-fee-negative"),
+    pytest.param(cfg("[withdrawals]\nfee_bps = 10001\n"), ["withdrawals.fee_bps"], id="withdraw-fee-over-100pct"),
+    pytest.param(
+        cfg("[withdrawals]\nfee_min_cents = -5\n"), ["withdrawals.fee_min_cents"], id="withdraw-fee-min-negative"
+    ),
+    pytest.param(cfg("[withdrawals]\nmin_cents = 1.5\n"), ["withdrawals.min_cents"], id="withdraw-min-float"),
+    pytest.param(cfg("[withdrawals]\nfee = 60\n"), ["withdrawals.fee", "unknown key"], id="withdraw-typo"),
 ]
 
 
@@ -304,3 +344,41 @@ def test_fixture_configs_load(name: str, levels: int, freeze_ms: int, max_bps: i
     assert program.plan_for("d11").rate("standard", 1) == 1300
     assert program.plan_for("d11").rate("gold", 1) == 1500
     assert program.plan_for("d11").rate("silver", 2) == 600
+
+
+def test_products_and_withdrawals_resolve() -> None:
+    text = cfg(
+        '[products."sku-1"]\nrates_bps = [2000, 800, 300]\n[products."gift"]\ncommission = false\n'
+        '[products."plain"]\nrates_bps = [0, 0, 0, 0]\n'
+        "[withdrawals]\nmin_cents = 500\nfee_bps = 60\nfee_min_cents = 10\n"
+    )
+    program = parse(text)
+    assert program.products == {"sku-1": (2000, 800, 300), "gift": None, "plain": (0, 0, 0, 0)}
+    assert (program.withdrawals.min_cents, program.withdrawals.fee_bps, program.withdrawals.fee_min_cents) == (
+        500,
+        60,
+        10,
+    )
+    # product over tier; commission = false pays 0; an unlisted sku gets the tier rate it was given
+    assert program.item_rate("sku-1", 2, 500) == 800
+    assert program.item_rate("gift", 1, 1000) == 0
+    assert program.item_rate("other", 3, 200) == 200
+
+
+def test_withdrawals_defaults_without_the_section() -> None:
+    program = parse(cfg())
+    assert program.products == {}
+    assert (program.withdrawals.min_cents, program.withdrawals.fee_bps, program.withdrawals.fee_min_cents) == (
+        100,
+        0,
+        0,
+    )
+    assert program.withdrawals.fee(12345) == 0
+
+
+def test_money_out_config_loads() -> None:
+    program = load(FIXTURES / "v2" / "money-out" / "fenxiao.toml")
+    assert program.products == {"sku-phone": (300, 100, 50), "sku-tea": (2500, 800, 300), "sku-gift": None}
+    # fee 60 bps half up, at least 10: 30000×60 = 1800000 + 5000 → 180; 500×60 = 30000 + 5000 → 3 → 10
+    assert program.withdrawals.fee(30000) == 180
+    assert program.withdrawals.fee(500) == 10

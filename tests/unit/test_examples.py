@@ -12,9 +12,10 @@ import pytest
 from streams import config, outcome, reference
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
-EXAMPLES = ["basic", "two-level", "messy"]
+EXAMPLES = ["basic", "two-level", "messy", "v2/money-out"]
 
-# Every scenario ends by 2026-11-11T00:11Z. basic and messy freeze for 0 s (orders settle at completion);
+# Every scenario ends by 2026-11-11T00:11Z. basic and messy freeze for 0 s (orders settle at completion), money-out
+# for 20 s;
 # two-level freezes for 10 years (315360000 s), so with the clock a few weeks after the scenario nothing settles.
 NOW_MS = 1_796_169_600_000  # 2026-12-02T00:00:00.000Z = 2026-11-11 + 21 days (21 × 86400000 ms)
 
@@ -110,3 +111,46 @@ def test_two_level_settles_everything_completed_once_the_clock_passes() -> None:
     assert late["totals"]["clawed_back"] == 0
     for who, bal in late["balances"].items():
         assert bal["available_cents"] >= 0, who
+
+
+def test_money_out_balances_carry_all_four_and_match_their_formulas() -> None:
+    """The balances of expected.json follow from its own entries by the spec's v2 formulas, and no one overdraws."""
+    records, program, expected = load("v2/money-out")
+    got = summarize(records, program)
+    sums: dict[str, dict[str, int]] = {}
+    for key, amount in expected["entries"].items():
+        _, _, who, kind = key.split("|")
+        b = sums.setdefault(who, {"available_cents": 0, "pending_cents": 0, "reserved_cents": 0, "withdrawn_cents": 0})
+        if kind in ("accrued", "reversed"):
+            b["pending_cents"] += amount
+        if kind == "settled":
+            b["pending_cents"] -= amount
+        if kind in ("settled", "clawed_back", "adjusted", "held", "released"):
+            b["available_cents"] += amount
+        if kind in ("held", "released"):
+            b["reserved_cents"] -= amount
+        if kind == "withdrawn":
+            b["reserved_cents"] += amount
+            b["withdrawn_cents"] -= amount
+    assert sums == expected["balances"] == got["balances"]
+    assert all(
+        set(b) == {"available_cents", "pending_cents", "reserved_cents", "withdrawn_cents"} for b in sums.values()
+    )
+
+
+def test_money_out_withdrawn_entries_carry_fee_and_payout() -> None:
+    """fee 60 bps half up, at least 10 cents: 30000 → 180, 500 → 3 → 10."""
+    records, program, _ = load("v2/money-out")
+    run = reference.run(records, program, NOW_MS)
+    fees = {
+        e["withdrawal_id"]: (e["amount_cents"], e["fee_cents"], e["payout_cents"])
+        for e in run.entries
+        if e["kind"] == "withdrawn"
+    }
+    assert fees == {
+        "wd-4-12": (-30000, 180, 29820),  # 30000×60 = 1800000 + 5000 → 180
+        "wd-4-3": (-30000, 180, 29820),
+        "wd-4-1": (-500, 10, 490),  # 500×60 = 30000 + 5000 → 3, raised to 10
+        "wd-4-2": (-500, 10, 490),
+        "wd-4-15": (-500, 10, 490),
+    }

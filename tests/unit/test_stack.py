@@ -188,3 +188,17 @@ def test_pid_file_of_a_live_process_is_recognised(tmp_path: Path) -> None:
     cfg.kafka_dir.mkdir()
     stack_mod._write_pid(cfg.pid_file(stack_mod.KAFKA), os.getpid())
     assert stack_mod.running_pid(cfg, stack_mod.KAFKA) == os.getpid()
+
+
+def test_kafka_tools_follow_the_broker_pin() -> None:
+    """The console tools' pom has no version of its own: mvn gets the broker pom's, so one bump moves both."""
+    import xml.etree.ElementTree as ET
+
+    ns = {"m": "http://maven.apache.org/POM/4.0.0"}
+    root = ET.parse(stack_mod.TOOLS_POM_PATH).getroot()
+    deps = {
+        d.findtext("m:artifactId", namespaces=ns): d.findtext("m:version", namespaces=ns)
+        for d in root.iter("{http://maven.apache.org/POM/4.0.0}dependency")
+    }
+    assert deps == {"kafka-tools": "${kafka.version}"}
+    assert root.find("m:properties/m:kafka.version", ns) is None
