@@ -33,8 +33,14 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _sink(args: argparse.Namespace) -> int:
-    from streams import sink_process
+    import os
 
+    from streams import names, sink_process
+
+    if args.config:
+        if not os.path.isfile(args.config):
+            raise CliError(f"no such config file: {args.config}")
+        os.environ[names.ENV_CONFIG] = args.config
     return sink_process.run(args.loglevel)
 
 
@@ -341,6 +347,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sk = sub.add_parser(
         "sink", help="run the ClickHouse sink, the API read-model projector and the report server (one per chDB dir)"
+    )
+    sk.add_argument(
+        "--config",
+        help="the program config (accepted so worker and sink share a command line; the sink reads none of it)",
     )
     sk.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
     sk.set_defaults(func=_sink)
