@@ -351,6 +351,7 @@ class Projector:
             group_id=None,
             auto_offset_reset="earliest",
             max_poll_records=TAKE_MAX,
+            isolation_level="read_committed",
         )
         await consumer.start()
         self._consumer = consumer

@@ -89,7 +89,10 @@ async def lag(consumer: Any) -> int | None:
         return None
     total = 0
     for tp in parts:
-        hw = consumer.highwater(tp)
+        # Read committed: an open transaction's records are not readable yet, so count up to the stable offset.
+        hw = consumer.last_stable_offset(tp)
+        if hw is None:
+            hw = consumer.highwater(tp)
         if hw is None:
             return None
         total += max(0, hw - await consumer.position(tp))
@@ -115,6 +118,7 @@ async def sink_to_clickhouse(
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_poll_records=TAKE_MAX,
+        isolation_level="read_committed",  # as the engine reads: an aborted transaction's records never land
     )
     await consumer.start()
     try:
