@@ -27,9 +27,21 @@ def _worker(args: argparse.Namespace) -> int:
     from streams import worker
 
     try:
-        return worker.run(args.config, args.loglevel, standby=args.standby)
+        return worker.run(args.config, args.loglevel, standby=args.standby, sink=not args.no_sink)
     except worker.WorkerError as e:
         raise CliError(str(e)) from e
+
+
+def _sink(args: argparse.Namespace) -> int:
+    import os
+
+    from streams import names, sink_process
+
+    if args.config:
+        if not os.path.isfile(args.config):
+            raise CliError(f"no such config file: {args.config}")
+        os.environ[names.ENV_CONFIG] = args.config
+    return sink_process.run(args.loglevel)
 
 
 def _positive(text: str) -> float:
@@ -140,7 +152,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _bi_report(args: argparse.Namespace) -> int:
-    """Run a BI report on ClickHouse here, or through the running worker when it owns the embedded data dir."""
+    """Run a BI report on ClickHouse here, or through the running sink process when it owns the embedded data dir."""
     from pathlib import Path
 
     from streams import clickhouse, names, reports
@@ -154,12 +166,13 @@ def _bi_report(args: argparse.Namespace) -> int:
         except clickhouse.ChdbLockedError as locked:
             try:
                 report = reports.from_worker(
-                    args.name, params, settings.web_port, settings.token_key.get_secret_value()
+                    args.name, params, settings.sink_port, settings.token_key.get_secret_value()
                 )
             except reports.WorkerUnavailable as e:
                 raise CliError(
-                    f"{locked} Reading through the worker failed too: {e}. Start the worker (it serves"
-                    f" /reports on {names.ENV_WEB_PORT}={settings.web_port}), or stop the process holding the data dir."
+                    f"{locked} Reading through the sink process failed too: {e}. Start the worker (its sink serves"
+                    f" /reports on {names.ENV_SINK_PORT}={settings.sink_port}), or stop the process holding the"
+                    " data dir."
                 ) from None
         except clickhouse.ClickHouseError as e:
             raise CliError(str(e)) from e
@@ -240,17 +253,29 @@ def _report(args: argparse.Namespace) -> int:
     if args.name != "totals":
         return _bi_report(args)
 
-    from streams import clickhouse, reports
+    from streams import clickhouse, names, reports, sink_process
     from streams.settings import get_settings
 
+    settings = get_settings()
     try:
-        ch = clickhouse.connect(get_settings())
+        ch = clickhouse.connect(settings)
+    except clickhouse.ChdbLockedError as locked:
+        try:
+            data = sink_process.get_json(
+                settings.sink_port, "/outcome", settings.token_key.get_secret_value(), timeout=300.0
+            )
+        except (OSError, ValueError) as e:
+            raise CliError(
+                f"{locked} Reading through the sink process on {names.ENV_SINK_PORT}={settings.sink_port} failed"
+                f" too: {e}"
+            ) from None
     except clickhouse.ClickHouseError as e:
         raise CliError(str(e)) from e
-    try:
-        data = reports.outcome(ch)
-    finally:
-        ch.close()
+    else:
+        try:
+            data = reports.outcome(ch)
+        finally:
+            ch.close()
     if args.format == "json":
         print(json.dumps(data, indent=1, sort_keys=True))
     elif args.format == "csv":
@@ -313,7 +338,22 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="wait for the running worker's lease and take over when it stops (hot standby), instead of refusing",
     )
+    w.add_argument(
+        "--no-sink",
+        action="store_true",
+        help="do not spawn the `fenxiao sink` child (ClickHouse, reports, API read models): run one elsewhere",
+    )
     w.set_defaults(func=_worker)
+
+    sk = sub.add_parser(
+        "sink", help="run the ClickHouse sink, the API read-model projector and the report server (one per chDB dir)"
+    )
+    sk.add_argument(
+        "--config",
+        help="the program config (accepted so worker and sink share a command line; the sink reads none of it)",
+    )
+    sk.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
+    sk.set_defaults(func=_sink)
 
     _add_replay_commands(sub)
     _add_token_command(sub)

@@ -152,12 +152,13 @@ def run(users: int, orders: int, duration: float, seed: int, speed: float = 4.0)
 
     from streams.stack import pick_free_ports
 
-    (port,) = pick_free_ports(1)
+    port, sink_port = pick_free_ports(2)
     env = {
         **os.environ,
         names.ENV_CONFIG: str(config_path),
         names.ENV_APP_ID: f"fenxiao-demo-{int(time.time())}",
         names.ENV_WEB_PORT: str(port),
+        names.ENV_SINK_PORT: str(sink_port),
         names.ENV_CLICKHOUSE_PATH: str(ch_path),
     }
     signal.signal(signal.SIGTERM, _exit_on_sigterm)

@@ -55,6 +55,8 @@ ENV_APP_ID = "FENXIAO_APP_ID"
 ENV_BATCH_SIZE = "FENXIAO_BATCH_SIZE"
 ENV_CRASH_AT = "FENXIAO_CRASH_AT"
 ENV_SINK_FAULT = "FENXIAO_SINK_FAULT"
+ENV_SINK_PORT = "FENXIAO_SINK_PORT"  # the sink process's HTTP port (reports, /status); default web port + 1000
+ENV_SINK_PARENT = "FENXIAO_SINK_PARENT"  # set by a worker on the sink it spawns: that worker's pid
 ENV_COMPRESSION = "FENXIAO_COMPRESSION"  # codec of every record the worker produces (docs/producers.md)
 
 # Redis keys. Prefix "fx:"; see docs/redis.md for the full layout.
@@ -82,3 +84,12 @@ KEY_FEED_ALL = "fx:lg"  # stream: every ledger entry (field u = beneficiary), fo
 KEY_TEAM = "fx:tm:"  # + level + ":" + user_id -> zset, score 0, member "{bind ts ms:013d}|{user_id}" (lex = time order)
 KEY_BOARD = "fx:lb:"  # + metric:period:bucket[:campaign] -> zset distributor -> cents or count
 KEY_LIVE = "fx:lv:"  # + epoch second[:campaign] -> hash o orders, g gmv cents, c commission cents; short TTL
+
+# The read-model projector (streams/projector.py, in the `fenxiao sink` process). Its keys share the hash tag
+# {pj}, so on a Redis Cluster one script checks the lease, moves the offsets and records what was projected.
+KEY_PJ_LEASE = "fx:{pj}:lease"  # string: the one projector allowed to write the read models, with a TTL
+KEY_PJ_OFFSETS = "fx:{pj}:offsets"  # hash "topic:partition" -> next offset to project (written with the batch)
+KEY_PJ_SEEN = "fx:{pj}:seen:"  # + UTC day of the event -> set: entry ids, bound users, paid events already projected
+KEY_PJ_JOURNAL = "fx:{pj}:journal"  # hash (cluster only): seq and commands of the last batch, redone after a crash
+KEY_PJ_SLOT_MARK = "fx:pm:"  # + "{tag}" (cluster only), one per hash slot -> the projector journal seq applied there
+PROJECTOR_SOURCES: tuple[str, ...] = (COMMISSIONS, BINDINGS)

@@ -1,16 +1,15 @@
-"""Read models for the distributor API, staged inside each batch's commit (one Lua call) so they land exactly once.
+"""Read models for the distributor API: their keys, and the feed and leaderboard commands of a batch.
 
-Every projection only queues write commands on the batch's transaction pipeline (no reads: the
-transaction has not run yet); what it needs to know comes from the batch's entries, bindings and the
-loaded state slice, which holds the whole ancestor chain of every user the batch touched.
+The projector (streams/projector.py, in the `fenxiao sink` process) stages them on a command collector
+and writes them with its consumed offsets in one atomic step; they only queue writes (no reads), and
+what they need beyond the entries and bindings (an order's paid cents) comes in the `state` argument.
 Key layout and caps: docs/api.md.
 """
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -97,22 +96,7 @@ def live_key(second: int, campaign: str | None = None) -> str:
     return f"{names.KEY_LIVE}{second}" if campaign is None else f"{names.KEY_LIVE}{second}:{campaign}"
 
 
-def _inviter(state: State, uid: str | None) -> str | None:
-    """The loaded inviter; .get, not State.user, so a projection can never fail a committed batch."""
-    if uid is None:
-        return None
-    u = state.users.get(uid)
-    return u.inviter if u is not None else None
-
-
-def _chain(state: State, first: str | None, n: int) -> list[str | None]:
-    out: list[str | None] = [first]
-    while len(out) < n:
-        out.append(_inviter(state, out[-1]))
-    return out
-
-
-def _net(e: Entry) -> int:
+def net_cents(e: Entry) -> int:
     """Earnings effect of an entry: settlement only moves money between pending and available."""
     return 0 if e.kind == SETTLED else e.amount_cents
 
@@ -140,30 +124,6 @@ class LedgerFeed:
             pipe.xadd(names.KEY_FEED_ALL, f, maxlen=self.all_maxlen, approximate=True)
 
 
-class TeamIndex:
-    """Keeps each distributor's downline per level (1..3) current as bindings arrive."""
-
-    def stage(self, pipe: Any, state: State, entries: Sequence[Entry], bindings: Sequence[Binding]) -> None:
-        """u bound to c joins c's level 1, c's inviter's level 2, ...; a user bound at order time brings its team."""
-        for b in bindings:
-            if b.inviter_id is None:
-                continue
-            chain = _chain(state, b.inviter_id, TEAM_LEVELS)
-            member = team_member(b)
-            for level, anc in enumerate(chain, start=1):
-                if anc is not None:
-                    pipe.zadd(team_key(level, anc), {member: 0})
-            if b.source != "order":
-                continue
-            # A user bound on first purchase may already have recruits: its level d moves to level d+k+1 above.
-            for own in range(1, TEAM_LEVELS):
-                for k, anc in enumerate(chain):
-                    level = own + k + 1
-                    if anc is not None and level <= TEAM_LEVELS:
-                        dest = team_key(level, anc)
-                        pipe.zunionstore(dest, [dest, team_key(own, b.user_id)], aggregate="MAX")
-
-
 class Leaderboards:
     """Sorted sets per metric, period bucket (by the entry's event ts, UTC) and optionally campaign."""
 
@@ -180,7 +140,7 @@ class Leaderboards:
 
         for e in entries:
             if e.kind != SETTLED:
-                add("earnings", e.ts_ms, e.campaign_id, e.beneficiary_id, _net(e))
+                add("earnings", e.ts_ms, e.campaign_id, e.beneficiary_id, net_cents(e))
         for e, paid in _paid_level1(state, entries):
             add("gmv", e.ts_ms, e.campaign_id, e.beneficiary_id, paid)
         for bd in bindings:
@@ -193,39 +153,3 @@ class Leaderboards:
             ttl = BOARD_TTL_S.get(key[len(names.KEY_BOARD) :].split(":", 2)[1])
             if ttl:
                 pipe.expire(key, ttl)
-
-
-class CampaignLive:
-    """Per-second counters by commit time (processing time: "live" means now), program-wide and per campaign."""
-
-    def __init__(self, now_ms: Callable[[], int] = lambda: int(time.time() * 1000)) -> None:
-        self.now_ms = now_ms
-
-    def stage(self, pipe: Any, state: State, entries: Sequence[Entry], bindings: Sequence[Binding]) -> None:
-        """o = orders paid with commission, g = their paid cents, c = net commission of the batch's entries."""
-        if not entries:
-            return
-        second = self.now_ms() // 1000
-        sums: dict[str | None, dict[str, int]] = defaultdict(lambda: {"o": 0, "g": 0, "c": 0})
-        paid_orders: dict[str, str | None] = {
-            e.order_id: e.campaign_id for e in entries if e.kind == ACCRUED and e.order_id is not None
-        }
-        for oid, campaign in paid_orders.items():
-            o = state.orders.get(oid)
-            for scope in {None, campaign}:
-                sums[scope]["o"] += 1
-                sums[scope]["g"] += o.paid_cents if o is not None else 0
-        for e in entries:
-            for scope in {None, e.campaign_id}:
-                sums[scope]["c"] += _net(e)
-        for scope, fields in sums.items():
-            key = live_key(second, scope)
-            for f, v in fields.items():
-                if v:
-                    pipe.hincrby(key, f, v)
-            pipe.expire(key, LIVE_TTL_S)
-
-
-def default_projections() -> tuple[LedgerFeed, TeamIndex, Leaderboards, CampaignLive]:
-    """What a worker keeps for the API and the dashboard."""
-    return (LedgerFeed(), TeamIndex(), Leaderboards(), CampaignLive())

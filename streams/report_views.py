@@ -1,50 +1,42 @@
-"""The worker's report pages: GET /reports/{name}?... runs a BI report on the worker's own ClickHouse connection.
+"""The worker's report pages: GET /reports/{name}?... is forwarded to the `fenxiao sink` process, which owns ClickHouse.
 
-Embedded chDB admits one process, and while the worker runs that process is the worker; so the CLI
-falls back to this page (operator token required) and renders the JSON it returns. The report runs
-in a thread: the ClickHouse backend is thread-safe (statements take turns with the sink's flushes).
+API clients keep calling the worker; the sink process runs the report on its connection (chDB admits
+one process) and answers on 127.0.0.1:FENXIAO_SINK_PORT. The caller's token goes along unchanged, so
+the sink checks it exactly as the worker would.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
+from urllib.parse import quote
 
-from streams import auth, reports, runtime
+import aiohttp
+
+from streams import runtime
 from streams.app import app
-from streams.clickhouse import ClickHouse, ClickHouseError
 
 log = logging.getLogger(__name__)
 
-
-def _token(request: Any) -> str | None:
-    """The bearer token of the request, if any."""
-    header = str(request.headers.get("Authorization", ""))
-    return header[7:].strip() if header.startswith("Bearer ") else None
-
-
-def _clickhouse() -> ClickHouse:
-    """The worker's ClickHouse connection (the sink's: one per process for chDB)."""
-    return runtime.get().sink._ch
+FORWARD_TIMEOUT_S = 300.0
 
 
 @app.page("/reports/{name}")
 async def report_page(web: Any, request: Any, name: str) -> Any:
-    """Run report `name` with the query string as its parameters; operators only."""
-    key = runtime.get().settings.token_key.get_secret_value()
+    """Forward the report request (query and Authorization) to the sink process and relay its answer."""
+    port = runtime.get().settings.sink_port
+    url = f"http://127.0.0.1:{port}/reports/{quote(name, safe='')}"
+    headers = {k: v for k, v in request.headers.items() if k.lower() == "authorization"}
+    timeout = aiohttp.ClientTimeout(total=FORWARD_TIMEOUT_S)
     try:
-        principal = auth.verify(key, _token(request))
-    except auth.AuthError as e:
-        return web.json({"error": str(e)}, status=401)
-    if principal.role != auth.OPERATOR:
-        return web.json({"error": "reports are for operators"}, status=403)
-    params = {str(k): str(v) for k, v in request.query.items()}
-    try:
-        report = await asyncio.to_thread(reports.run, _clickhouse(), name, params)
-    except reports.ReportError as e:
-        return web.json({"error": str(e)}, status=400)
-    except ClickHouseError as e:
-        log.warning("report %s failed: %s", name[:40], e)
-        return web.json({"error": f"report failed in ClickHouse: {e}"}, status=500)
-    return web.json(report.to_json())
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.get(url, params=list(request.query.items()), headers=headers) as resp,
+        ):
+            body = await resp.read()
+            return web.bytes(body, status=resp.status, content_type="application/json")
+    except (aiohttp.ClientError, TimeoutError) as e:
+        log.warning("report %s: the sink process on port %d did not answer: %s", name[:40], port, e)
+        return web.json(
+            {"error": f"the sink process (reports, port {port}) does not answer: {e}; is it running?"}, status=503
+        )

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from streams.config import Program
 from streams.outputs import KafkaOutputs
-from streams.projections import default_projections
 from streams.referral_store import RedisStore, open_store
 from streams.sequencer import Sequencer
 from streams.settings import Settings
-from streams.sink import ClickHouseSink
 
 
 @dataclass
@@ -22,15 +20,12 @@ class Runtime:
     store: RedisStore
     sequencer: Sequencer
     outputs: KafkaOutputs
-    sink: ClickHouseSink
-    sink_written: dict[str, int] = field(default_factory=dict)
-    sink_lag: int | None = None  # records the sink has still to read; None until its consumer is assigned
 
 
 _runtime: Runtime | None = None
 
 
-def init(settings: Settings, program: Program, sink: ClickHouseSink, owner: str, epoch: str) -> Runtime:
+def init(settings: Settings, program: Program, owner: str, epoch: str) -> Runtime:
     """Create the shared objects; called once by `fenxiao worker` before the app starts."""
     global _runtime
     store = open_store(
@@ -51,10 +46,8 @@ def init(settings: Settings, program: Program, sink: ClickHouseSink, owner: str,
             outputs,
             batch_size=settings.batch_size,
             crash_at=settings.crash_at,
-            projections=default_projections(),
         ),
         outputs,
-        sink,
     )
     return _runtime
 

@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     )
     web_host: str = Field(default="127.0.0.1", validation_alias=AliasChoices(names.ENV_WEB_HOST))
     web_port: int = Field(default=6066, validation_alias=AliasChoices(names.ENV_WEB_PORT))
+    sink_port_setting: int | None = Field(
+        default=None, ge=1, le=65535, validation_alias=AliasChoices(names.ENV_SINK_PORT)
+    )
     share_base_url: str = Field(
         default="https://shop.example/s", validation_alias=AliasChoices(names.ENV_SHARE_BASE_URL)
     )
@@ -87,6 +90,11 @@ class Settings(BaseSettings):
                 "pip install cramjam (a pinned dependency of fenxiao), or choose gzip or none"
             )
         return kind
+
+    @property
+    def sink_port(self) -> int:
+        """The sink process's HTTP port on 127.0.0.1: FENXIAO_SINK_PORT, else the web port + 1000."""
+        return self.sink_port_setting if self.sink_port_setting is not None else self.web_port + 1000
 
     @property
     def chdb_path(self) -> Path:

@@ -1,9 +1,8 @@
-"""The ClickHouse sink: ledger, bindings, dead letters, limited clicks and the input events, in batches.
+"""The ClickHouse sink loop: ledger, bindings, dead letters, limited clicks and the input events, in batches.
 
-It reads with its own consumer group, not as a faust agent: a faust agent shares the app's consumer, so a
-sink stuck on a ClickHouse outage filled its stream buffer and faust paused the input partitions it shares
-with the commission agents. Apart, an outage only delays ClickHouse, and the worker's faust consumer
-handles the input topics alone.
+It runs in the `fenxiao sink` process (streams/sink_process.py) with its own consumer group
+`<app id>.sink`, so a ClickHouse outage only delays ClickHouse, and neither its CPU nor its chDB
+engine shares the worker's process.
 """
 
 from __future__ import annotations
@@ -11,14 +10,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import CommitFailedError
 
 from schemas.events import Invalid, decode
-from streams import names, runtime
-from streams.app import app
+from streams import names
 from streams.sink import BINDINGS, CLICKS, DEAD_LETTERS, LEDGER, LIMITED_CLICKS, ORDERS, TIER_EVENTS, ClickHouseSink
 
 log = logging.getLogger(__name__)
@@ -90,39 +89,51 @@ async def lag(consumer: Any) -> int | None:
         return None
     total = 0
     for tp in parts:
-        hw = consumer.highwater(tp)
+        # Read committed: an open transaction's records are not readable yet, so count up to the stable offset.
+        hw = consumer.last_stable_offset(tp)
+        if hw is None:
+            hw = consumer.highwater(tp)
         if hw is None:
             return None
         total += max(0, hw - await consumer.position(tp))
     return total
 
 
-@app.task  # type: ignore[untyped-decorator]
-async def sink_to_clickhouse() -> None:
+@dataclass
+class SinkProgress:
+    """What the sink loop has done, for the sink process's /status."""
+
+    written: dict[str, int] = field(default_factory=dict)
+    lag: int | None = None  # records still to read; None until its consumer is assigned and has fetched
+
+
+async def sink_to_clickhouse(
+    bootstrap: str, group_id: str, sink: ClickHouseSink, progress: SinkProgress, stopping: asyncio.Event
+) -> None:
     """Batch rows per poll and write each batch once; offsets are committed only after the write."""
-    rt = runtime.get()
     consumer = AIOKafkaConsumer(
         *names.SINK_SOURCES,
-        bootstrap_servers=rt.settings.kafka,
-        group_id=rt.settings.app_id + names.SINK_GROUP_SUFFIX,
+        bootstrap_servers=bootstrap,
+        group_id=group_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_poll_records=TAKE_MAX,
+        isolation_level="read_committed",  # as the engine reads: an aborted transaction's records never land
     )
     await consumer.start()
     try:
-        while not app.should_stop:
+        while not stopping.is_set():
             batch = await take(consumer)
             if not batch:
-                rt.sink_lag = await lag(consumer)
+                progress.lag = await lag(consumer)
                 continue
             for record in batch:
-                buffer_record(rt.sink, record.topic, record.value)
-            await flush_until_written(rt.sink, rt.sink_written)
+                buffer_record(sink, record.topic, record.value)
+            await flush_until_written(sink, progress.written)
             try:
                 await consumer.commit()
             except CommitFailedError as e:
                 log.warning("ClickHouse sink: offsets not committed (%s); the rows are stored, a re-read skips them", e)
-            rt.sink_lag = await lag(consumer)
+            progress.lag = await lag(consumer)
     finally:
         await consumer.stop()

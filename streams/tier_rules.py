@@ -143,7 +143,7 @@ def _performance(period: Period) -> list[dict[str, Any]]:
     except clickhouse.ChdbLockedError as locked:
         try:
             report = reports.from_worker(
-                "performance", params, settings.web_port, settings.token_key.get_secret_value()
+                "performance", params, settings.sink_port, settings.token_key.get_secret_value()
             )
         except reports.WorkerUnavailable as e:
             raise TierEvaluationError(f"{locked} Reading through the worker failed too: {e}") from None

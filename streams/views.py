@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from streams import api, runtime
+from streams import api, runtime, sink_process
 from streams.app import app
 
 
@@ -16,10 +16,10 @@ async def health(web: Any, request: Any) -> Any:
 
 @app.page("/status")
 async def status(web: Any, request: Any) -> Any:
-    """What the sequencer holds and has applied (operators only: lag and counts are business data)."""
+    """What the sequencer holds and has applied, and its sink child's lag (operators only: business data)."""
     try:
         api.require(request, None)
     except api.ApiError as e:
         return api.error_response(web, e)
     rt = runtime.get()
-    return web.json({**rt.sequencer.status(), "sink_rows_written": rt.sink_written, "sink_lag": rt.sink_lag})
+    return web.json({**rt.sequencer.status(), **sink_process.worker_status()})

@@ -5,18 +5,11 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from streams import names
 from streams.config import ConfigError, load
-from streams.settings import Settings, get_settings
-
-if TYPE_CHECKING:
-    from streams.clickhouse import ClickHouse
-
-STANDBY_CHDB_WAIT_S = 60.0
+from streams.settings import get_settings
 
 
 class WorkerError(Exception):
@@ -35,23 +28,7 @@ async def _redis_answers(url: str) -> bool:
         await r.aclose()
 
 
-def _open_clickhouse(settings: Settings, wait_s: float) -> ClickHouse:
-    """Open ClickHouse; a worker taking over on this host waits for the previous owner to let go of chDB."""
-    from streams import clickhouse
-
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            ch = clickhouse.connect(settings)
-            clickhouse.migrate(ch)
-            return ch
-        except clickhouse.ChdbLockedError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
-
-
-def run(config_path: str | None, loglevel: str = "info", standby: bool = False) -> int:
+def run(config_path: str | None, loglevel: str = "info", standby: bool = False, sink: bool = True) -> int:
     """Start the worker in the foreground; returns when it is stopped (SIGINT/SIGTERM)."""
     settings = get_settings()
     path = Path(config_path) if config_path else settings.config
@@ -67,13 +44,13 @@ def run(config_path: str | None, loglevel: str = "info", standby: bool = False) 
     if not asyncio.run(_redis_answers(redis_url)):
         raise WorkerError(f"Redis does not answer: run `fenxiao stack up` or set {names.ENV_REDIS_URL}")
     stack.ensure_topics(settings.kafka, settings.partitions)
+    settings.var_dir.mkdir(parents=True, exist_ok=True)  # faust's datadir lives in it (chDB used to create it)
     os.environ[names.ENV_CONFIG] = str(path)
 
     import socket
 
-    from streams import clickhouse, runtime
+    from streams import runtime, sink_process
     from streams.referral_store import LEASE_TTL_MS, LeaseLost, acquire_lease, release_lease
-    from streams.sink import ClickHouseSink
 
     owner = f"{settings.app_id}@{socket.gethostname()}:{os.getpid()}"
 
@@ -99,24 +76,21 @@ def run(config_path: str | None, loglevel: str = "info", standby: bool = False) 
         return 0
     if standby:
         print(f"fenxiao: standby {owner} took the lease; starting", flush=True)
-    ch: ClickHouse | None = None
     try:
         from streams.recovery import ensure_state
 
         epoch, rebuilt = ensure_state(redis_url, settings.kafka, settings.app_id, owner)
         if rebuilt:
             print(f"fenxiao: Redis had no state; replaying the input topics from the start (group {settings.app_id})")
-        try:
-            ch = _open_clickhouse(settings, wait_s=STANDBY_CHDB_WAIT_S if standby else 0.0)
-        except clickhouse.ClickHouseError as e:
-            raise WorkerError(str(e)) from e
-        runtime.init(settings, program, ClickHouseSink(ch), owner, epoch)
+        if sink:
+            sink_process.spawn(settings, loglevel)
+        runtime.init(settings, program, owner, epoch)
         import faust
         import uvloop
 
         # uvloop for the worker's loops (faust's and its consumer thread's): cheaper socket I/O and callbacks.
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-        from streams import agents, report_views, sink_agent, timers, views  # noqa: F401  (registers agents, timers, pages)
+        from streams import agents, report_views, timers, views  # noqa: F401  (registers agents, timers, pages)
         from streams.app import app
 
         worker = faust.Worker(app, loglevel=loglevel, quiet=True)
@@ -125,7 +99,6 @@ def run(config_path: str | None, loglevel: str = "info", standby: bool = False) 
         worker.spinner = None
         worker.execute_from_commandline()
     finally:
-        if ch is not None:
-            ch.close()
+        sink_process.stop_child()
         release_lease(redis_url, owner)
     return 0

@@ -229,6 +229,22 @@ def wait_sink_quiet(port: int, quiet_s: float, timeout: float) -> None:
     raise AssertionError(f"the ClickHouse sink kept writing for {timeout}s")
 
 
+def wait_read_models(port: int, timeout: float = 60.0, quiet_s: float = 1.5) -> None:
+    """Wait until the worker's sink child has projected everything (sink_lag 0) and projects nothing new for quiet_s."""
+    deadline = time.monotonic() + timeout
+    last, since = None, time.monotonic()
+    while time.monotonic() < deadline:
+        status = http_json(port, "/status")
+        pj = (status.get("sink") or {}).get("projector") or {}
+        now = pj.get("entries"), pj.get("bindings"), status["sink_lag"]
+        if now != last or status["sink_lag"] != 0:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"the read models did not catch up within {timeout}s: {http_json(port, '/status')}")
+
+
 def clickhouse_outcome(env: Mapping[str, str]) -> dict[str, Any]:
     """`fenxiao report totals --format json` in its own process (chDB: one owner per data directory)."""
     r = subprocess.run(
@@ -304,12 +320,13 @@ def fresh_env(stack: Any, tmp: Path, label: str) -> Env:
 
     asyncio.run(reset_topics(stack.bootstrap, 4))
     redis_conn.flush(stack.redis_url)
-    (port,) = stack_mod.pick_free_ports(1)
+    port, sink_port = stack_mod.pick_free_ports(2)
     env = {
         "FENXIAO_KAFKA": stack.bootstrap,
         "FENXIAO_REDIS_URL": stack.redis_url,
         "FENXIAO_APP_ID": f"fx-{label}-{uuid.uuid4().hex[:8]}",
         "FENXIAO_WEB_PORT": str(port),
+        "FENXIAO_SINK_PORT": str(sink_port),
         "FENXIAO_VAR_DIR": str(tmp / "var"),
         "FENXIAO_PARTITIONS": "4",
     }

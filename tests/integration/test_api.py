@@ -80,6 +80,7 @@ def api(stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
         env.produce(scenario.load_records(EXAMPLE))
         _, diff = env.outcome(scenario.load_expected(EXAMPLE))
         assert not diff, "\n".join(diff) + "\n" + w.log_tail()
+        scenario.wait_read_models(env.web_port)
         yield Api(env, w)
     finally:
         w.stop()

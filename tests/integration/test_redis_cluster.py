@@ -328,3 +328,15 @@ def test_four_workers_on_the_cluster_hand_over_through_a_sigkill_and_a_stop(cpip
     finally:
         for w in (first, *standbys):
             w.kill()
+
+
+@pytest.mark.parametrize("point", ["projector_after_journal:2", "projector_after_write:1"])
+def test_read_models_on_the_cluster_equal_one_servers(stack: Any, cluster_url: str, tmp_path: Path, point: str) -> None:
+    """The projector killed between its journal and its applies (or after both) ends as on one server, unkilled."""
+    from tests.integration.test_sink_process import run_once
+
+    one, _ = run_once(stack, tmp_path / "one", "pj-one")
+    on_cluster, _ = run_once(
+        stack_mod.ClusterStack(stack, cluster_url), tmp_path / "cluster", "pj-cluster", **{names.ENV_CRASH_AT: point}
+    )
+    assert on_cluster == one

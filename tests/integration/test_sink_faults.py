@@ -160,24 +160,26 @@ def test_failed_inserts_are_retried_and_land_exactly_once(pipe: Env, fault: str)
 
 
 def _killed_after_first_insert(pipe: Env, table: str) -> scenario.WorkerProcess:
-    """Produce the example to a worker that SIGKILLs itself right after its first insert into `table`."""
+    """Produce the example to a worker whose sink SIGKILLs itself right after its first insert into `table`.
+
+    The worker runs on and starts its sink again (without the fault): that restart is the replay under test.
+    """
     pipe.produce(scenario.load_records(EXAMPLE))
-    w = scenario.WorkerProcess(
-        pipe.config(EXAMPLE), {**pipe.env, names.ENV_CRASH_AT: f"sink_insert.{table}:1"}, pipe.tmp / "worker.log"
-    )
-    rc = w.run_to_exit()
-    assert rc == -9, f"the worker should have killed itself after its first {table} insert, exit {rc}:\n{w.log_tail()}"
+    w = pipe.worker(EXAMPLE, **{names.ENV_CRASH_AT: f"sink_insert.{table}:1"})
+    wait_for_log(w, rf"SIGKILL after sink insert \d+ \({table}, \d+ rows\)", timeout=90)
+    wait_for_log(w, r"the sink process exited with -9; starting it again", timeout=30)
     return w
 
 
 def test_sigkill_right_after_a_ledger_insert_before_the_ack(pipe: Env) -> None:
-    """The worker dies once its first ledger rows are in ClickHouse, offsets unacked: the replay must skip them."""
+    """The sink dies once its first ledger rows are in ClickHouse, offsets unacked: the replay must skip them."""
     w = _killed_after_first_insert(pipe, LEDGER)
-    killed = re.search(rf"SIGKILL after sink insert \d+ \({LEDGER}, (\d+) rows\)", w.log.read_text(errors="replace"))
-    assert killed, w.log_tail()
-    before_kill = int(killed.group(1))
-    w2 = pipe.worker(EXAMPLE)
     try:
+        killed = re.search(
+            rf"SIGKILL after sink insert \d+ \({LEDGER}, (\d+) rows\)", w.log.read_text(errors="replace")
+        )
+        assert killed, w.log_tail()
+        before_kill = int(killed.group(1))
         out, diff = pipe.outcome(scenario.load_expected(EXAMPLE))
         assert not diff, diff
         scenario.wait_sink_quiet(pipe.web_port, quiet_s=3.0, timeout=60)
@@ -185,19 +187,18 @@ def test_sigkill_right_after_a_ledger_insert_before_the_ack(pipe: Env) -> None:
         assert rows_written(pipe).get(LEDGER, 0) == entries - before_kill, (
             f"{entries} ledger entries, {before_kill} written before the kill: the restart must write exactly the rest"
         )
-        assert_outcome(pipe, EXAMPLE, out, diff, w2)
+        assert_outcome(pipe, EXAMPLE, out, diff, w)
     finally:
-        w2.stop()
+        w.stop()
     assert_nothing_doubled(pipe)
 
 
 def test_sigkill_right_after_an_orders_insert_before_the_ack(pipe: Env) -> None:
     """Same kill after the first orders insert (campaign_minute sums orders): exact after the restart."""
-    _killed_after_first_insert(pipe, "orders")
-    w2 = pipe.worker(EXAMPLE)
+    w = _killed_after_first_insert(pipe, "orders")
     try:
         out, diff = pipe.outcome(scenario.load_expected(EXAMPLE))
-        assert_outcome(pipe, EXAMPLE, out, diff, w2)
+        assert_outcome(pipe, EXAMPLE, out, diff, w)
     finally:
-        w2.stop()
+        w.stop()
     assert_nothing_doubled(pipe)

@@ -1,4 +1,4 @@
-"""The API's read models over hand-built state: which Redis commands each projection queues in the batch."""
+"""The API's read models over hand-built state: which Redis commands the feed and the leaderboards queue."""
 
 from __future__ import annotations
 
@@ -7,16 +7,12 @@ from typing import Any
 from streams import names
 from streams.ledger import ACCRUED, CLAWED_BACK, REVERSED, SETTLED, Binding, Entry, OrderState, State, User
 from streams.projections import (
-    CampaignLive,
     Leaderboards,
     LedgerFeed,
-    TeamIndex,
     board_key,
     bucket,
     entry_fields,
     entry_from_fields,
-    live_key,
-    team_key,
 )
 
 T0 = 1_794_355_200_000  # 2026-11-11T00:00:00Z
@@ -78,39 +74,6 @@ def test_feed_appends_each_entry_to_its_beneficiary_and_the_operator_stream_capp
     assert p.of("xadd")[0][1]["a"] == 5
 
 
-def test_team_binding_joins_three_levels_of_the_chain() -> None:
-    p = FakePipe()
-    TeamIndex().stage(p, chain_state(), [], [Binding("new", "d", T0 + 5, "signup")])
-    member = f"{T0 + 5:013d}|new"
-    assert p.of("zadd") == [
-        (team_key(1, "d"), {member: 0}),
-        (team_key(2, "c"), {member: 0}),
-        (team_key(3, "b"), {member: 0}),
-    ]
-    assert p.of("zunionstore") == []
-
-
-def test_team_ignores_bindings_without_inviter() -> None:
-    p = FakePipe()
-    TeamIndex().stage(p, chain_state(), [], [Binding("x", None, T0, "signup")])
-    assert p.calls == []
-
-
-def test_order_time_binding_moves_the_users_existing_team_under_the_new_chain() -> None:
-    """x (with recruits, no inviter) binds to b on first purchase: x's L1 -> b's L2, a's L3; x's L2 -> b's L3."""
-    s = chain_state()
-    s.users["x"] = User(T0, True, "b", "sx")
-    p = FakePipe()
-    TeamIndex().stage(p, s, [], [Binding("x", "b", T0 + 9, "order")])
-    unions = {(a[0], tuple(a[1])) for a in p.of("zunionstore")}
-    assert unions == {
-        (team_key(2, "b"), (team_key(2, "b"), team_key(1, "x"))),
-        (team_key(3, "a"), (team_key(3, "a"), team_key(1, "x"))),
-        (team_key(3, "b"), (team_key(3, "b"), team_key(2, "x"))),
-    }
-    assert all(kw["aggregate"] == "MAX" for n, _, kw in p.calls if n == "zunionstore")
-
-
 def test_buckets_are_utc_day_month_quarter() -> None:
     ts = T0 - 1  # 2026-11-10T23:59:59.999Z
     assert [bucket(p, ts) for p in ("day", "month", "quarter", "all")] == ["2026-11-10", "2026-11", "2026-Q4", "all"]
@@ -138,22 +101,3 @@ def test_leaderboards_net_earnings_gmv_for_level1_and_recruits() -> None:
     assert not any(k.startswith(names.KEY_BOARD + "recruits") and k.endswith("d11") for k, _ in incr)
     expired = {a[0] for a in p.of("expire")}
     assert board_key("earnings", "day", day) in expired and board_key("earnings", "all", "all") not in expired
-
-
-def test_campaign_live_counts_orders_gmv_and_commission_per_commit_second() -> None:
-    p = FakePipe()
-    now_ms = 1_800_000_000_123
-    entries = [entry("a", 1, ACCRUED, 1000), entry("b", 2, ACCRUED, 500), entry("a", 1, SETTLED, 7, order="o9")]
-    CampaignLive(lambda: now_ms).stage(p, chain_state(), entries, [])
-    got: dict[tuple[str, str], int] = {(a[0], a[1]): a[2] for a in p.of("hincrby")}
-    for key in (live_key(1_800_000_000), live_key(1_800_000_000, "d11")):
-        assert got[(key, "o")] == 1
-        assert got[(key, "g")] == 12_345
-        assert got[(key, "c")] == 1500
-    assert all(a[1] > 0 for a in p.of("expire"))
-
-
-def test_campaign_live_writes_nothing_for_a_batch_without_entries() -> None:
-    p = FakePipe()
-    CampaignLive().stage(p, chain_state(), [], [Binding("n", "a", T0, "signup")])
-    assert p.calls == []
