@@ -18,6 +18,7 @@ from aiokafka.errors import CommitFailedError
 
 from schemas.events import Invalid, decode
 from streams import names
+from streams.consume import undecodable_at
 from streams.sink import BINDINGS, CLICKS, DEAD_LETTERS, LEDGER, LIMITED_CLICKS, ORDERS, TIER_EVENTS, ClickHouseSink
 
 log = logging.getLogger(__name__)
@@ -63,14 +64,42 @@ async def flush_until_written(sink: ClickHouseSink, written: dict[str, int]) -> 
             await asyncio.sleep(RETRY_PAUSE_S)
 
 
-async def take(consumer: Any) -> list[Any]:
-    """Up to TAKE_MAX records: whatever is there, then at most TAKE_WITHIN_S more to fill the batch."""
+async def take(consumer: Any, progress: SinkProgress | None = None) -> list[Any]:
+    """Up to TAKE_MAX records: whatever is there, then at most TAKE_WITHIN_S more to fill the batch.
+
+    A record batch the client cannot decode pauses its partition for good (named in the log and in
+    progress.error) and rewinds every partition to its committed offset, so nothing the failed poll had
+    already passed over is skipped; the batch taken so far is dropped and read again.
+    """
     loop = asyncio.get_running_loop()
     out: list[Any] = []
     deadline: float | None = None
     while len(out) < TAKE_MAX:
         wait_ms = 1000 if deadline is None else max(0, int((deadline - loop.time()) * 1000))
-        got = await consumer.getmany(timeout_ms=wait_ms, max_records=TAKE_MAX - len(out))
+        try:
+            got = await consumer.getmany(timeout_ms=wait_ms, max_records=TAKE_MAX - len(out))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            found = undecodable_at(exc)
+            if found is None:
+                raise
+            tp, offset = found
+            consumer.pause(tp)
+            error = (
+                f"{tp.topic} partition {tp.partition} offset {offset}: the ClickHouse sink cannot decode this "
+                f"batch ({type(exc).__name__}); its partition is paused"
+            )
+            log.error("%s", error)
+            if progress is not None:
+                progress.error = error
+            for other in consumer.assignment():
+                committed = await consumer.committed(other)
+                if committed is None:
+                    await consumer.seek_to_beginning(other)
+                else:
+                    consumer.seek(other, committed)
+            return []
         for records in got.values():
             out.extend(records)
         if not out:
@@ -105,6 +134,7 @@ class SinkProgress:
 
     written: dict[str, int] = field(default_factory=dict)
     lag: int | None = None  # records still to read; None until its consumer is assigned and has fetched
+    error: str | None = None  # a partition paused for good: a batch there cannot be decoded
 
 
 async def sink_to_clickhouse(
@@ -123,7 +153,7 @@ async def sink_to_clickhouse(
     await consumer.start()
     try:
         while not stopping.is_set():
-            batch = await take(consumer)
+            batch = await take(consumer, progress)
             if not batch:
                 progress.lag = await lag(consumer)
                 continue

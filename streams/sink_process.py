@@ -130,6 +130,7 @@ class Service:
             "owner": self.owner,
             "sink_rows_written": self.progress.written,
             "sink_lag": self.progress.lag,
+            "error": self.progress.error,
             "projector": pj,
             "lag": None if any(v is None for v in lags) else sum(int(str(v)) for v in lags),
         }
