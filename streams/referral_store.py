@@ -261,15 +261,18 @@ class LeaseLost(RuntimeError):
     """Another worker holds this Redis: applying events here would move money twice."""
 
 
-def acquire_lease(url: str, owner: str, wait_s: float | None, on_wait: Callable[[str], None] | None = None) -> None:
-    """Take the single-writer lease, waiting for the holder to stop (forever when wait_s is None: a standby)."""
+def acquire_lease(url: str, owner: str, wait_s: float | None, on_wait: Callable[[str], None] | None = None) -> bool:
+    """Take the single-writer lease, waiting for the holder to stop (forever when wait_s is None: a standby).
+
+    True when it had to wait for another holder.
+    """
     r = redis_conn.connect(url, decode_responses=True)
     deadline = None if wait_s is None else time.monotonic() + wait_s
     told = False
     try:
         while True:
             if r.set(names.KEY_LEASE, owner, nx=True, px=LEASE_TTL_MS) or r.get(names.KEY_LEASE) == owner:
-                return
+                return told
             if on_wait is not None and not told:
                 on_wait(str(r.get(names.KEY_LEASE)))
                 told = True

@@ -50,31 +50,46 @@ def run(config_path: str | None, loglevel: str = "info", standby: bool = False, 
     import socket
 
     from streams import runtime, sink_process
-    from streams.referral_store import LEASE_TTL_MS, LeaseLost, acquire_lease, release_lease
+    from streams.referral_store import LeaseLost, acquire_lease, release_lease
 
     owner = f"{settings.app_id}@{socket.gethostname()}:{os.getpid()}"
-
-    def waiting(holder: str) -> None:
-        print(f"fenxiao: standby: {holder} holds the lease; this worker takes over when it stops", flush=True)
 
     def stop_waiting(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
+    # Every worker waits for the lease when another holds it (a hot standby), started alike: so a fleet of
+    # `fenxiao worker` processes needs no roles, and one that is killed is replaced by the next in line.
+    from streams.standby import StandbyStatus, serve
+
+    status = StandbyStatus(owner, settings.token_key.get_secret_value())
+    servers = []
+
+    def waiting(holder: str) -> None:
+        if not standby and holder.split("@", 1)[0] != settings.app_id:
+            raise LeaseLost(
+                f"another worker ({holder}), of another consumer group, is applying events to this Redis; only one "
+                f"group may. Stop it, give this worker its own Redis ({names.ENV_REDIS_URL}), or use the same "
+                f"{names.ENV_APP_ID}. To wait for it as a hot standby anyway, start this one with --standby."
+            )
+        status.holder = holder
+        servers.append(serve(status, settings.web_host, settings.web_port))  # only once it has to wait
+        print(f"fenxiao: standby: {holder} holds the lease; this worker takes over when it stops", flush=True)
+
+    # A standby stopped by its supervisor (SIGTERM) before it ever took over is a clean exit.
+    previous = signal.signal(signal.SIGTERM, stop_waiting)
     try:
-        if standby:
-            # A standby stopped by its supervisor (SIGTERM) before it ever took over is a clean exit.
-            previous = signal.signal(signal.SIGTERM, stop_waiting)
-            try:
-                acquire_lease(redis_url, owner, wait_s=None, on_wait=waiting)
-            finally:
-                signal.signal(signal.SIGTERM, previous)
-        else:
-            acquire_lease(redis_url, owner, wait_s=LEASE_TTL_MS / 1000 + 5)
+        waited = acquire_lease(redis_url, owner, wait_s=None, on_wait=waiting)
     except LeaseLost as e:
-        raise WorkerError(f"{e} To run this one as a hot standby, start it with --standby.") from e
+        raise WorkerError(str(e)) from e
     except KeyboardInterrupt:
         return 0
-    if standby:
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        for server in servers:
+            if server is not None:
+                server.shutdown()
+                server.server_close()
+    if waited or standby:
         print(f"fenxiao: standby {owner} took the lease; starting", flush=True)
     try:
         from streams.recovery import ensure_state

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -167,8 +168,8 @@ def test_a_standby_worker_joins_and_takes_over_twice_mid_scenario(pipe: Env) -> 
             w.kill()
 
 
-def test_a_second_worker_on_the_same_redis_is_refused(pipe: Env) -> None:
-    """Another consumer group writing to the same Redis would pay everything twice: it must not start."""
+def test_a_worker_of_another_group_on_the_same_redis_is_refused(pipe: Env) -> None:
+    """Another consumer group writing to the same Redis is a misconfiguration: it must not start."""
     example = "basic"
     w = pipe.worker(example)
     other_port = stack_mod.pick_free_ports(1)[0]
@@ -182,10 +183,71 @@ def test_a_second_worker_on_the_same_redis_is_refused(pipe: Env) -> None:
         assert intruder.proc is not None
         rc = intruder.proc.wait(60)
         assert rc == 2, f"the second worker should refuse to start, exit {rc}:\n{intruder.log_tail()}"
-        assert "another worker" in intruder.log_tail() and "FENXIAO_REDIS_URL" in intruder.log_tail()
+        assert "another consumer group" in intruder.log_tail() and "FENXIAO_REDIS_URL" in intruder.log_tail()
         assert "--standby" in intruder.log_tail()
         out, diff = pipe.outcome(scenario.load_expected(example))
         assert_outcome(pipe, example, out, diff, w)
     finally:
         intruder.kill()
         w.stop()
+
+
+def _active(workers: list[scenario.WorkerProcess], timeout: float) -> scenario.WorkerProcess:
+    """The one of `workers` that took the lease (printed it), waiting for a handover to happen."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for w in workers:
+            if "took the lease" in w.log_tail(200):
+                return w
+        time.sleep(0.2)
+    raise AssertionError("no standby took over:\n" + "\n".join(w.log_tail() for w in workers))
+
+
+def test_workers_started_alike_share_one_topic_set_through_kill_leave_and_join(pipe: Env) -> None:
+    """Three `fenxiao worker` processes started the same way: one applies, the others wait and say so on
+    /status; the owner is SIGKILLed, its successor leaves with SIGTERM, a fourth joins: the outcome is exact."""
+    example = "messy"
+    records = scenario.load_records(example)
+    parts = [records[: len(records) // 3], records[len(records) // 3 : 2 * len(records) // 3]]
+    parts.append(records[2 * len(records) // 3 :])
+    config = pipe.config(example)
+    ports = stack_mod.pick_free_ports(3)
+
+    def alike(name: str, port: int) -> scenario.WorkerProcess:
+        env = {**pipe.env, "FENXIAO_WEB_PORT": str(port), "FENXIAO_BATCH_SIZE": "7"}
+        return scenario.WorkerProcess(config, env, pipe.tmp / f"{name}.log", loglevel="info")
+
+    first = pipe.worker(example, FENXIAO_BATCH_SIZE="7")
+    b, c = alike("b", ports[0]).start(), alike("c", ports[1]).start()
+    d = alike("d", ports[2])
+    try:
+        for w in (b, c):
+            _wait_log(w, "holds the lease", 60)
+        for port in ports[:2]:
+            scenario.wait_http(port, "/status", 30, b)
+            st = scenario.http_json(port, "/status")
+            assert st["role"] == "standby" and st["owned"] == [], st
+        owned = scenario.http_json(pipe.web_port, "/status")["owned"]
+        assert sorted(owned) == sorted(f"{t}:{p}" for t in names.INPUT_TOPICS for p in range(4)), owned
+        pipe.produce(parts[0])
+        time.sleep(1.5)
+        first.kill()
+        pipe.produce(parts[1])
+        successor = _active([b, c], 60)
+        port = ports[0] if successor is b else ports[1]
+        scenario.wait_http(port, "/status", 90, successor)
+        time.sleep(1.0)
+        assert successor.stop() == 0, f"the successor did not leave cleanly:\n{successor.log_tail()}"
+        last = c if successor is b else b
+        d.start()
+        _wait_log(last, "took the lease", 60)
+        _wait_log(d, "holds the lease", 60)
+        pipe.produce(parts[2])
+        last_port = ports[1] if last is c else ports[0]
+        scenario.wait_http(last_port, "/status", 90, last)
+        out, diff = pipe.outcome(scenario.load_expected(example))
+        d.kill()
+        assert_outcome(dataclasses.replace(pipe, web_port=last_port), example, out, diff, last)
+    finally:
+        for w in (first, b, c, d):
+            w.kill()
