@@ -48,12 +48,6 @@ OutputRecord = tuple[str, bytes | None, dict[str, object]]
 __all__ = ["DeadLetter", "Held", "Outputs", "Sequencer", "Stats", "output_records"]
 
 
-class Projection(Protocol):
-    """A read model kept in Redis from a batch's results, written in the batch's own transaction."""
-
-    def stage(self, pipe: Any, state: State, entries: Sequence[Entry], bindings: Sequence[Binding]) -> None: ...
-
-
 class Outputs(Protocol):
     """Where a batch's records go; returns once the broker has acknowledged all of them."""
 
@@ -101,7 +95,6 @@ class Sequencer:
         clock: Callable[[], float] = time.monotonic,
         wall_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         crash_at: str | None = None,
-        projections: Sequence[Projection] = (),
     ) -> None:
         self.program = program
         self.store = store
@@ -116,7 +109,6 @@ class Sequencer:
         self.reader: InputReader | None = None
         self._last_settle_check = float("-inf")
         self._stopping = False
-        self.projections = tuple(projections)
         self._crash_point, _, n = (crash_at or "").partition(":")
         self._crash_batch = int(n) if n else 0
         self.end_offsets: Callable[[list[Hashable]], Awaitable[Mapping[Hashable, int]]] | None = None
@@ -322,11 +314,7 @@ class Sequencer:
             for _, h in batch:
                 book.released(_tp(h.topic, h.partition), h.offset)
         self._formed += 1
-        projected = StagedCommands()
-        for proj in self.projections:  # before the state is staged: they read this batch's orders
-            proj.stage(projected, state, entries, bindings)
         staged = self.store.stage(state, batch[-1][0] if batch else None)
-        staged.commands[:0] = projected.commands
         state.limited_ids.clear()
         if batch:
             self._forget_old_ip_windows(batch[-1][0][0])
