@@ -671,27 +671,26 @@ class RedisStore:
 
     async def _scan_hashes(self, prefix: str) -> Any:
         """(suffix, fields) of every hash under prefix."""
-        n = len(prefix)
-        async for keys in self._scan_keys(prefix):
-            async with self.redis.pipeline(transaction=False) as p:
-                for k in keys:
-                    p.hgetall(k)
-                got = await p.execute()
-            for k, m in zip(keys, got, strict=True):
-                if m:
-                    yield k[n:], m
+        async for suffix, m in self._scan(prefix, "hgetall"):
+            if m:
+                yield suffix, m
 
     async def _scan_strings(self, prefix: str) -> Any:
         """(suffix, value) of every string under prefix."""
+        async for suffix, v in self._scan(prefix, "get"):
+            if v is not None:
+                yield suffix, v
+
+    async def _scan(self, prefix: str, read: str) -> Any:
+        """(suffix, reply of `read`) for every key under prefix, read in pipelined chunks."""
         n = len(prefix)
         async for keys in self._scan_keys(prefix):
             async with self.redis.pipeline(transaction=False) as p:
                 for k in keys:
-                    p.get(k)
+                    getattr(p, read)(k)
                 got = await p.execute()
             for k, v in zip(keys, got, strict=True):
-                if v is not None:
-                    yield k[n:], v
+                yield k[n:], v
 
     async def balances(self) -> dict[str, dict[str, int]]:
         """Every beneficiary's pending and available cents (for tests and reports)."""
