@@ -313,8 +313,13 @@ class Hostile:
         self.keys = self.key_snapshot()
 
     def key_snapshot(self) -> set[bytes]:
-        """Every Redis key but the per-second live counters, which expire on their own."""
-        return {k for k in self.redis.scan_iter(count=5000) if not k.startswith(names.KEY_LIVE.encode())}
+        """Every Redis key but the per-second live counters and the leases, which expire and return on their own."""
+        leases = {names.KEY_LEASE.encode(), names.KEY_PJ_LEASE.encode()}
+        return {
+            k
+            for k in self.redis.scan_iter(count=5000)
+            if not k.startswith(names.KEY_LIVE.encode()) and k not in leases
+        }
 
     def get(self, path: str, tok: str | None = "", headers: dict[str, str] | None = None) -> Answer:
         """GET with the operator token (tok ""), no token (None) or tok."""
