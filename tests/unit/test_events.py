@@ -333,3 +333,46 @@ def test_ts_with_offset_if_accepted_is_the_same_instant(ts: str) -> None:
 )
 def test_format_ts_canonical(ms: int, text: str) -> None:
     assert format_ts(ms) == text
+
+
+# ---- events are values ---------------------------------------------------------------------------
+
+AS_DICT_KEYS = {
+    names.CLICKS: ["event_id", "ts", "visitor_id", "ref", "campaign_id", "product_id", "ip", "user_agent"],
+    names.SIGNUPS: ["event_id", "ts", "user_id", "ref", "visitor_id", "distributor"],
+    names.ORDERS: [
+        "event_id",
+        "ts",
+        "order_id",
+        "type",
+        "buyer_id",
+        "amount_cents",
+        "campaign_id",
+        "ref",
+        "visitor_id",
+        "items",
+    ],
+    names.TIERS: ["event_id", "ts", "user_id", "tier"],
+}
+
+
+@pytest.mark.parametrize("topic", list(VALID), ids=list(SHORT.values()))
+def test_events_are_frozen_and_hashable(topic: str) -> None:
+    ev = decode(topic, raw(VALID[topic]))
+    again = decode(topic, raw({**VALID[topic], "extra": 1}))
+    assert not isinstance(ev, Invalid) and not isinstance(again, Invalid)
+    assert ev == again and hash(ev) == hash(again) and len({ev, again}) == 1
+    with pytest.raises(AttributeError):
+        ev.event_id = "other"  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        ev.ts_ms = 0  # type: ignore[misc]
+    assert ev.event_id == VALID[topic]["event_id"] and ev.ts_ms == TS_MS
+
+
+@pytest.mark.parametrize("topic", list(VALID), ids=list(SHORT.values()))
+def test_as_dict_has_every_field_and_no_extras(topic: str) -> None:
+    ev = decode(topic, raw({**VALID[topic], "producer_version": "9"}))
+    assert not isinstance(ev, Invalid), ev
+    row = ev.as_dict()
+    assert list(row) == AS_DICT_KEYS[topic]
+    assert {k: row[k] for k in VALID[topic]} == VALID[topic]
