@@ -155,14 +155,14 @@ def _bi_report(args: argparse.Namespace) -> int:
     """Run a BI report on ClickHouse here, or through the running sink process when it owns the embedded data dir."""
     from pathlib import Path
 
-    from streams import clickhouse, names, reports
+    from streams import clickhouse, names, reports, warehouse
     from streams.settings import get_settings
 
     settings = get_settings()
     params = {k: str(v) for k in reports.PARAMS if (v := getattr(args, k, None)) is not None}
     try:
         try:
-            ch = clickhouse.connect(settings)
+            ch = warehouse.connect(settings)
         except clickhouse.ChdbLockedError as locked:
             try:
                 report = reports.from_worker(
@@ -253,12 +253,12 @@ def _report(args: argparse.Namespace) -> int:
     if args.name != "totals":
         return _bi_report(args)
 
-    from streams import clickhouse, names, reports, sink_process
+    from streams import clickhouse, names, reports, sink_process, warehouse
     from streams.settings import get_settings
 
     settings = get_settings()
     try:
-        ch = clickhouse.connect(settings)
+        ch = warehouse.connect(settings)
     except clickhouse.ChdbLockedError as locked:
         try:
             data = sink_process.get_json(

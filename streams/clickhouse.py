@@ -34,7 +34,6 @@ from urllib.parse import unquote, urlsplit
 import pyarrow as pa  # type: ignore[import-untyped]  # no stubs; used only inside this module
 
 from streams import names
-from streams.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -568,16 +567,6 @@ class ServerBackend:
 
     def __repr__(self) -> str:
         return f"ServerBackend({self.target_url}, database={self.database!r})"
-
-
-def connect(settings: Settings | None = None) -> ClickHouse:
-    """The server when FENXIAO_CLICKHOUSE_URL is set, else embedded chDB at settings.chdb_path; test faults wrap it."""
-    from streams import faults
-
-    settings = settings or get_settings()
-    if settings.clickhouse_url is not None:
-        return faults.inject(ServerBackend(settings.clickhouse_url.get_secret_value()), settings)
-    return faults.inject(ChdbBackend(settings.chdb_path), settings)
 
 
 # --- migrations ----------------------------------------------------------------------------------------------------

@@ -303,17 +303,6 @@ def release_lease(url: str, owner: str) -> bool:
         r.close()
 
 
-def open_store(
-    url: str, attribution_window_ms: int, owner: str = "", epoch: str = "", click_window_ms: int = 60_000
-) -> RedisStore:
-    """The store for this URL: one server, or a Redis Cluster (streams/redis_cluster.py) for redis+cluster://."""
-    if redis_conn.is_cluster(url):
-        from streams.redis_cluster import ClusterStore
-
-        return ClusterStore(url, attribution_window_ms, owner, epoch, click_window_ms)
-    return RedisStore(url, attribution_window_ms, owner, epoch, click_window_ms)
-
-
 class RedisStore:
     """Loads a batch's slice of state and writes back what the ledger changed, atomically."""
 

@@ -6,9 +6,10 @@ from dataclasses import dataclass
 
 from streams.config import Program
 from streams.outputs import KafkaOutputs
-from streams.referral_store import RedisStore, open_store
+from streams.referral_store import RedisStore
 from streams.sequencer import Sequencer
 from streams.settings import Settings
+from streams.stores import open_store
 
 
 @dataclass

@@ -68,12 +68,12 @@ def run(loglevel: str = "info") -> int:
 
 async def _open_clickhouse(settings: Settings, stopping: asyncio.Event) -> Any:
     """Open and migrate ClickHouse; while another process holds the embedded directory, wait (standby)."""
-    from streams import clickhouse
+    from streams import clickhouse, warehouse
 
     told = False
     while not stopping.is_set():
         try:
-            ch = await asyncio.to_thread(clickhouse.connect, settings)
+            ch = await asyncio.to_thread(warehouse.connect, settings)
         except clickhouse.ChdbLockedError as e:
             if not told:
                 print(f"fenxiao sink: standby: {e.owner or 'another process'} holds {e.path}; waiting", flush=True)

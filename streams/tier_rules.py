@@ -133,13 +133,13 @@ def standings_from_rows(rows: Sequence[Mapping[str, Any]]) -> dict[str, Standing
 
 def _performance(period: Period) -> list[dict[str, Any]]:
     """The performance report for the period: from the local ClickHouse, or the worker when it holds chDB."""
-    from streams import clickhouse, reports
+    from streams import clickhouse, reports, warehouse
     from streams.settings import get_settings
 
     settings = get_settings()
     params = {"period": period.kind, "at": period.label}
     try:
-        ch = clickhouse.connect(settings)
+        ch = warehouse.connect(settings)
     except clickhouse.ChdbLockedError as locked:
         try:
             report = reports.from_worker(

@@ -18,7 +18,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from streams import names, outcome
-from streams.referral_store import open_store
+from streams.stores import open_store
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 

@@ -30,8 +30,8 @@ CATCH_UP_SLACK_S = 4.0
 
 _SUMS = """
 import json
-from streams import clickhouse
-ch = clickhouse.connect()
+from streams import warehouse
+ch = warehouse.connect()
 one = lambda sql: [int(v) for v in ch.query(sql)[0]]
 print(json.dumps({
     "raw": {t: one(f"SELECT count(), uniqExact({k}) FROM {t}")
