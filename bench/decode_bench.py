@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/decode_bench.py [--orders 50000] [--rounds 5]
 
-The records are a generated flash sale (streams/flashsale.py) as the bytes a producer sends; every input
+The records are a generated flash sale (streams/ops/flashsale.py) as the bytes a producer sends; every input
 record is decoded by both, best of --rounds each, interleaved so machine noise hits both alike. The old
 decoder is a copy of schemas/events.py before msgspec, kept only here; both must agree on which records
 are valid, or the numbers would compare different work.
@@ -31,7 +31,8 @@ from pydantic import (
 )
 
 from schemas.events import Invalid, decode
-from streams import flashsale, names
+from streams import names
+from streams.ops import flashsale
 
 # ---- the old decoder (schemas/events.py at 40ea698), unchanged but for names ----------------------
 

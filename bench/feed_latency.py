@@ -1,6 +1,6 @@
 """Feed latency on the real stack: commit -> SSE arrival and produce -> SSE arrival, for orders produced one by one.
 
-Starts a private Kafka + Redis (streams.stack.isolated_stack) and a worker on the basic example, connects to
+Starts a private Kafka + Redis (streams.ops.stack.isolated_stack) and a worker on the basic example, connects to
 one distributor's feed, then produces N paid orders for one of their recruits, one at a time. Prints
 median and p99 of both latencies; commit time is the stream id (Redis' clock at the commit's XADD).
 Usage: PYTHONPATH=. .venv/bin/python bench/feed_latency.py [N]  (it reuses the integration test helpers)
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import aiohttp
 
-from streams import auth
-from streams import stack as stack_mod
+from streams.api import auth
+from streams.ops import stack as stack_mod
 from tests.integration import scenario
 from tests.integration.scenario import Env
 

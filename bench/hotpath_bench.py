@@ -3,9 +3,10 @@
     .venv/bin/python bench/hotpath_bench.py [--users N --orders M --seed S] [--profile]
 
 On a shared machine wall-clock throughput says more about the neighbours than about the code; process CPU time
-of the in-process hot path does not. Runs the same sale through the worker's own stages (streams.consume.classify,
-the aligner, streams.ledger, the store's command staging, the output encoding) and prints CPU microseconds per
-order record for each stage, and the records/s one core would sustain for this part of the work.
+of the in-process hot path does not. Runs the same sale through the worker's own stages
+(streams.pipeline.consume.classify, the aligner, streams.engine.ledger, the store's command staging, the output
+encoding) and prints CPU microseconds per order record for each stage, and the records/s one core would
+sustain for this part of the work.
 """
 
 from __future__ import annotations
@@ -29,14 +30,15 @@ from aiokafka import TopicPartition  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from streams import flashsale, names  # noqa: E402
-from streams.alignment import Aligner  # noqa: E402
-from streams.config import parse  # noqa: E402
-from streams.consume import DeadLetter, Record, classify  # noqa: E402
-from streams.demo import program_toml  # noqa: E402
-from streams.ledger import Ledger, seq_key  # noqa: E402
-from streams.referral_store import CachedState, RedisStore  # noqa: E402
-from streams.sequencer import output_records  # noqa: E402
+from streams import names  # noqa: E402
+from streams.engine.alignment import Aligner  # noqa: E402
+from streams.engine.config import parse  # noqa: E402
+from streams.engine.ledger import Ledger, seq_key  # noqa: E402
+from streams.ops import flashsale  # noqa: E402
+from streams.ops.demo import program_toml  # noqa: E402
+from streams.pipeline.consume import DeadLetter, Record, classify  # noqa: E402
+from streams.pipeline.sequencer import output_records  # noqa: E402
+from streams.state.referral_store import CachedState, RedisStore  # noqa: E402
 
 PARTITIONS = 4
 
@@ -112,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=2000)
     ap.add_argument("--profile", action="store_true", help="print the 25 most expensive functions (cumulative)")
     a = ap.parse_args(argv)
-    from streams.agents import GC_THRESHOLDS
+    from streams.pipeline.agents import GC_THRESHOLDS
 
     gc.set_threshold(*GC_THRESHOLDS)  # as the worker runs
     recs = records(a.users, a.orders, a.seed)

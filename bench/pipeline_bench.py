@@ -3,7 +3,7 @@
     .venv/bin/python bench/pipeline_bench.py [--quick] [--scaling-only] [--users N --orders M --seed S]
         [--backlog N] [--quota-us 25000 --period-us 100000] [--grace S] [--latency-grace S]
 
-Starts its own Kafka + redis-server (streams.stack.isolated_stack in a temp dir; never a developer's
+Starts its own Kafka + redis-server (streams.ops.stack.isolated_stack in a temp dir; never a developer's
 stack) and measures, in one run:
   baselines  plain aiokafka consume -> produce (acks=all, commit after the acks) of the sale's input
              records, each in its own process: 1-in/1-out, and fan-out-matched (as many output records,
@@ -19,7 +19,7 @@ stack) and measures, in one run:
              on the default config's ordering grace (spec: 10 s) unless --latency-grace;
   backlog    N orders already in the topics when a fresh worker starts: time, RSS peak, Redis bytes;
   sink       rows/s into embedded chDB (bench/sink_bench.py's add_many path), first write and replay.
-Every run's ledger is checked against streams.reference and /status `late` must stay 0: otherwise
+Every run's ledger is checked against streams.engine.reference and /status `late` must stay 0: otherwise
 `ledger_matches` is false and the exit code is 1. Numbers that could not be measured are null, with the
 reason in `notes`. Writes bench/results/latest.json, bench/results/<stamp>.json and a chart PNG.
 """
@@ -71,10 +71,12 @@ from bench.bench_stats import (  # noqa: E402
 )
 from bench.cgroups import DEFAULT_PERIOD_US, DEFAULT_QUOTA_US, CgroupError, Cgroups  # noqa: E402
 from bench.profile_summary import summarize_file  # noqa: E402
-from streams import flashsale, names, outcome, reference  # noqa: E402
-from streams import stack as stack_mod  # noqa: E402
-from streams.config import load as load_program  # noqa: E402
-from streams.demo import program_toml  # noqa: E402
+from streams import names  # noqa: E402
+from streams.engine import outcome, reference  # noqa: E402
+from streams.engine.config import load as load_program  # noqa: E402
+from streams.ops import flashsale  # noqa: E402
+from streams.ops import stack as stack_mod  # noqa: E402
+from streams.ops.demo import program_toml  # noqa: E402
 
 console = Console(width=None if sys.stdout.isatty() else 150)
 PARTITIONS = 4
@@ -581,7 +583,7 @@ class Expected:
 
 
 def expected(records: list[dict[str, Any]], program: Any, cache_key: str | None = None) -> Expected:
-    """streams.reference's outcome; cached for big sales (the sale is in the past, so every freeze has ended)."""
+    """streams.engine.reference's outcome; cached for big sales (the sale is in the past, so every freeze has ended)."""
     path = CACHE / f"ref-{cache_key}.json" if cache_key else None
     if path is not None and path.exists():
         d = msgspec.json.decode(path.read_bytes())
@@ -836,7 +838,7 @@ async def phase_latency(
 
 def redis_memory(redis_url: str, sample: int) -> dict[str, Any]:
     """MEMORY USAGE over up to `sample` keys per prefix; orders split into open (not settled) and settled."""
-    from streams import redis_conn
+    from streams.state import redis_conn
 
     r = redis_conn.connect(redis_url)
     mem = r.info("memory")
@@ -931,7 +933,7 @@ async def phase_scaling_run(
     ctx: Ctx, n: int, records: list[dict[str, Any]], exp: Expected, cfg: Path
 ) -> dict[str, Any]:
     """n workers, each under the fixed quota, on fresh topics and a flushed Redis; the sale produced once started."""
-    from streams import redis_conn
+    from streams.state import redis_conn
     from tests.integration import scenario
 
     run = f"scale{n}"
@@ -1029,7 +1031,7 @@ def scaling_summary(runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
 
 
 async def phase_backlog(ctx: Ctx, cfg: Path, program: Any) -> dict[str, Any]:
-    from streams import redis_conn
+    from streams.state import redis_conn
     from tests.integration import scenario
 
     args = ctx.args
@@ -1108,8 +1110,8 @@ async def phase_backlog(ctx: Ctx, cfg: Path, program: Any) -> dict[str, Any]:
 
 def phase_sink(rows_n: int) -> dict[str, Any]:
     from bench.sink_bench import ledger_rows, measure
-    from streams.clickhouse import ChdbBackend, migrate
-    from streams.sink import ClickHouseSink
+    from streams.sinks.clickhouse import ChdbBackend, migrate
+    from streams.sinks.sink import ClickHouseSink
 
     rows = ledger_rows(rows_n)
     with tempfile.TemporaryDirectory(prefix="fenxiao-bench-sink-") as d, ChdbBackend(Path(d) / "ch") as ch:
@@ -1598,7 +1600,7 @@ async def phase_one_worker(
                 console.print(lv)
         if w.component != "pipeline-worker-1":
             res["latency_worker_rss_peak_mb"] = w.rss_peak_kb / 1024
-        console.rule("ledger check against streams.reference (all records of the pipeline and latency runs)")
+        console.rule("ledger check against streams.engine.reference (all records of the pipeline and latency runs)")
         full = expected(all_records, program) if len(all_records) != len(recs) else exp
         grace = lat_grace if res["latency"] else args.grace
         res["ledger"] = await check_run(ctx, "pipeline+latency", full, workers, grace, late_before)

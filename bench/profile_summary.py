@@ -8,12 +8,12 @@ from pathlib import Path
 # (label, substrings: a sample counts for the category if any frame of its stack contains one of them).
 CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("decode + validate input (schemas/events.py)", ("(schemas/events.py",)),
-    ("alignment (streams/alignment.py)", ("(streams/alignment.py",)),
+    ("alignment (streams/engine/alignment.py)", ("(streams/engine/alignment.py",)),
     (
         "Redis load (Lua) + commit (MULTI/EXEC)",
-        ("load (streams/referral_store.py", "commit (streams/referral_store.py"),
+        ("load (streams/state/referral_store.py", "commit (streams/state/referral_store.py"),
     ),
-    ("ledger rules (streams/ledger.py)", ("(streams/ledger.py",)),
+    ("ledger rules (streams/engine/ledger.py)", ("(streams/engine/ledger.py",)),
     ("produce outputs: send_all + wait for acks", ("send_all (",)),
     ("ClickHouse sink (streams/sink*.py, chdb)", ("(streams/sink", "chdb")),
     ("JSON encode/decode (json module)", ("json/", "(json", "orjson")),

@@ -2,11 +2,11 @@
 
     .venv/bin/python bench/rebuild_bench.py [--users N] [--orders M] [--seed S] [--grace G]
 
-On its own private stack (streams.stack.isolated_stack in a temp dir) it produces a generated flash sale
-(streams.flashsale, every input topic), lets a worker build the state from it ("initial build"), snapshots
+On its own private stack (streams.ops.stack.isolated_stack in a temp dir) it produces a generated flash sale
+(streams.ops.flashsale, every input topic), lets a worker build the state from it ("initial build"), snapshots
 Redis (users, every balance, used_memory), stops the worker, FLUSHALLs Redis and starts a fresh worker in the
 same consumer group and var dir: that worker finds no fx:epoch, rewinds the group's input offsets
-(streams.recovery.ensure_state) and replays every input topic. The rebuilt state must equal the snapshot.
+(streams.state.recovery.ensure_state) and replays every input topic. The rebuilt state must equal the snapshot.
 
 Caught up (both builds): /status shows applied >= records produced (applied counts every decoded record,
 including those the rules refuse; dead_letters counts those refusals too and adds undecodable records, of which
@@ -44,7 +44,7 @@ from rich.table import Table  # noqa: E402
 from bench.bench_stats import rate  # noqa: E402
 from bench.pipeline_bench import PARTITIONS, SALE_START, Worker, fmt, n_orders, produce, sale  # noqa: E402
 from streams import names  # noqa: E402
-from streams import stack as stack_mod  # noqa: E402
+from streams.ops import stack as stack_mod  # noqa: E402
 
 console = Console(emoji=False, width=None if sys.stdout.isatty() else 132)  # "fx:b:" is no emoji
 LABEL = "rebuild"

@@ -20,8 +20,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from streams import reports
-from streams.clickhouse import ChdbBackend, migrate
+from streams.sinks import reports
+from streams.sinks.clickhouse import ChdbBackend, migrate
 
 START = "toDateTime64('2026-10-01 00:00:00', 3, 'UTC')"
 SPAN_S = 92 * 86400  # Q4 2026

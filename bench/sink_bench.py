@@ -16,8 +16,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from streams.clickhouse import ChdbBackend, migrate
-from streams.sink import KINDS, LEDGER, ClickHouseSink, ledger_totals
+from streams.sinks.clickhouse import ChdbBackend, migrate
+from streams.sinks.sink import KINDS, LEDGER, ClickHouseSink, ledger_totals
 
 
 def ledger_rows(count: int, seed: int = 7) -> list[dict[str, object]]:

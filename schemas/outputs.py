@@ -1,6 +1,6 @@
 """Output records as types, so the published JSON Schemas of output topics come from code like the inputs'.
 
-The worker writes these records as dicts (streams/ledger.py, streams/sequencer.py); these structs only
+The worker writes these records as dicts (streams/engine/ledger.py, streams/pipeline/sequencer.py); these structs only
 describe them. tests/unit/test_published_schemas.py checks the reference run's records against them.
 """
 

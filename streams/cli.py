@@ -18,13 +18,13 @@ class CliError(Exception):
 
 
 def _stack(args: argparse.Namespace) -> int:
-    from streams import stack
+    from streams.ops import stack
 
     return stack.run_command(args.action)
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from streams import worker
+    from streams.pipeline import worker
 
     try:
         return worker.run(args.config, args.loglevel, standby=args.standby, sink=not args.no_sink)
@@ -35,7 +35,8 @@ def _worker(args: argparse.Namespace) -> int:
 def _sink(args: argparse.Namespace) -> int:
     import os
 
-    from streams import names, sink_process
+    from streams import names
+    from streams.sinks import sink_process
 
     if args.config:
         if not os.path.isfile(args.config):
@@ -70,7 +71,8 @@ def _replay(args: argparse.Namespace) -> int:
     """Validate the file first (nothing half-sent), then produce it where settings say Kafka is."""
     import os
 
-    from streams import names, replay
+    from streams import names
+    from streams.ops import replay
     from streams.settings import get_settings
 
     if not os.path.isfile(args.file):
@@ -97,8 +99,8 @@ def _generate(args: argparse.Namespace) -> int:
     from datetime import datetime
     from typing import Any
 
-    from streams import flashsale
-    from streams.replay import progress_bar
+    from streams.ops import flashsale
+    from streams.ops.replay import progress_bar
 
     try:
         start = datetime.fromisoformat(args.start)
@@ -143,7 +145,7 @@ def _add_replay_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from streams import demo
+    from streams.ops import demo
 
     try:
         return demo.run(args.users, args.orders, args.duration, args.seed, args.speed)
@@ -155,8 +157,9 @@ def _bi_report(args: argparse.Namespace) -> int:
     """Run a BI report on ClickHouse here, or through the running sink process when it owns the embedded data dir."""
     from pathlib import Path
 
-    from streams import clickhouse, names, reports, warehouse
+    from streams import names
     from streams.settings import get_settings
+    from streams.sinks import clickhouse, reports, warehouse
 
     settings = get_settings()
     params = {k: str(v) for k in reports.PARAMS if (v := getattr(args, k, None)) is not None}
@@ -201,7 +204,7 @@ def _bi_report(args: argparse.Namespace) -> int:
 
 def _tiers(args: argparse.Namespace) -> int:
     """`tiers evaluate`: compute each distributor's tier for a period from ClickHouse and publish the changes."""
-    from streams import tier_rules
+    from streams.engine import tier_rules
 
     try:
         result = tier_rules.evaluate_command(args.period, args.config, publish=not args.dry_run)
@@ -219,7 +222,7 @@ def _tiers(args: argparse.Namespace) -> int:
 
 def _add_report_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """`report` (totals and the BI reports) and `tiers evaluate`."""
-    from streams.reports import REPORTS
+    from streams.sinks.reports import REPORTS
 
     rp = sub.add_parser("report", help="reports from ClickHouse")
     rp.add_argument(
@@ -253,8 +256,9 @@ def _report(args: argparse.Namespace) -> int:
     if args.name != "totals":
         return _bi_report(args)
 
-    from streams import clickhouse, names, reports, sink_process, warehouse
+    from streams import names
     from streams.settings import get_settings
+    from streams.sinks import clickhouse, reports, sink_process, warehouse
 
     settings = get_settings()
     try:
@@ -298,7 +302,8 @@ def _report(args: argparse.Namespace) -> int:
 
 def _token(args: argparse.Namespace) -> int:
     """Print a signed API token for a distributor or an operator, keyed by FENXIAO_TOKEN_KEY."""
-    from streams import auth, names
+    from streams import names
+    from streams.api import auth
     from streams.settings import get_settings
 
     if args.ttl <= 0:

@@ -78,14 +78,14 @@ KEY_SLOT_MARK = "fx:sm:"  # + "{tag}" (cluster only), one per hash slot -> strin
 KEY_SEQ = "fx:seq"  # hash: the sequencer's last applied key, for operators
 ENV_SHARE_BASE_URL = "FENXIAO_SHARE_BASE_URL"
 
-# Read models for the distributor API (issue 3), written by streams/projections.py; see docs/api.md.
+# Read models for the distributor API (issue 3), written by streams/state/projections.py; see docs/api.md.
 KEY_FEED = "fx:lg:"  # + user_id -> stream: that distributor's ledger entries, compact fields, MAXLEN ~ capped
 KEY_FEED_ALL = "fx:lg"  # stream: every ledger entry (field u = beneficiary), for the operator ticker, MAXLEN ~ capped
 KEY_TEAM = "fx:tm:"  # + level + ":" + user_id -> zset, score 0, member "{bind ts ms:013d}|{user_id}" (lex = time order)
 KEY_BOARD = "fx:lb:"  # + metric:period:bucket[:campaign] -> zset distributor -> cents or count
 KEY_LIVE = "fx:lv:"  # + epoch second[:campaign] -> hash o orders, g gmv cents, c commission cents; short TTL
 
-# The read-model projector (streams/projector.py, in the `fenxiao sink` process). Its keys share the hash tag
+# The read-model projector (streams/state/projector.py, in the `fenxiao sink` process). Its keys share the hash tag
 # {pj}, so on a Redis Cluster one script checks the lease, moves the offsets and records what was projected.
 KEY_PJ_LEASE = "fx:{pj}:lease"  # string: the one projector allowed to write the read models, with a TTL
 KEY_PJ_OFFSETS = "fx:{pj}:offsets"  # hash "topic:partition" -> next offset to project (written with the batch)

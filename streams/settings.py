@@ -48,13 +48,13 @@ class Settings(BaseSettings):
         default=None,
         validation_alias=AliasChoices(names.ENV_CRASH_AT),
         description="fault injection for tests: POINT:BATCH kills the worker with SIGKILL there"
-        " (sink_insert[.TABLE]:N: right after the sink's N-th insert, see streams/faults.py)",
+        " (sink_insert[.TABLE]:N: right after the sink's N-th insert, see streams/sinks/faults.py)",
     )
     sink_fault: str | None = Field(
         default=None,
         pattern=r"^((fail|lost-ack):\d+|fail-while:.+)$",
         validation_alias=AliasChoices(names.ENV_SINK_FAULT),
-        description="fault injection for tests: fail:N, lost-ack:N or fail-while:PATH (see streams/faults.py)",
+        description="fault injection for tests: fail:N, lost-ack:N or fail-while:PATH (see streams/sinks/faults.py)",
     )
     web_host: str = Field(default="127.0.0.1", validation_alias=AliasChoices(names.ENV_WEB_HOST))
     web_port: int = Field(default=6066, validation_alias=AliasChoices(names.ENV_WEB_PORT))

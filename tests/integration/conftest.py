@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from streams import stack as stack_mod
+from streams.ops import stack as stack_mod
 from tests.integration import scenario
 from tests.integration.scenario import Env
 

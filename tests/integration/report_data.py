@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from schemas.events import Invalid, decode
-from streams import config, names, reference
-from streams import sink as S
+from streams import names
+from streams.engine import config, reference
+from streams.sinks import sink as S
 
 NOW_MS = 1_796_169_600_000  # 2026-12-02T00:00Z: the clock test_examples checks expected.json at
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"

@@ -17,8 +17,9 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from streams import names, outcome
-from streams.stores import open_store
+from streams import names
+from streams.engine import outcome
+from streams.state.stores import open_store
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
@@ -174,7 +175,7 @@ class WorkerProcess:
 
 async def reset_topics(bootstrap: str, partitions: int) -> None:
     """Delete and recreate every contract topic, so each test starts from empty topics."""
-    from streams import stack
+    from streams.ops import stack
 
     await stack.recreate_topics(bootstrap, partitions)
 
@@ -184,7 +185,7 @@ TEST_TOKEN_KEY = "fenxiao-integration-test-key"
 
 def operator_token(ttl_s: int = 3600) -> str:
     """An operator token for workers started with TEST_TOKEN_KEY (every Env sets it)."""
-    from streams import auth
+    from streams.api import auth
 
     return auth.issue(TEST_TOKEN_KEY, auth.OPERATOR, None, ttl_s)
 
@@ -315,8 +316,8 @@ class Env:
 
 def fresh_env(stack: Any, tmp: Path, label: str) -> Env:
     """Empty topics and Redis db, a new consumer group, HTTP port and data dir: one test's private pipeline."""
-    from streams import redis_conn
-    from streams import stack as stack_mod
+    from streams.ops import stack as stack_mod
+    from streams.state import redis_conn
 
     asyncio.run(reset_topics(stack.bootstrap, 4))
     redis_conn.flush(stack.redis_url)

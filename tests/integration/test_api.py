@@ -22,7 +22,7 @@ import jsonschema
 import pytest
 import yaml
 
-from streams import auth
+from streams.api import auth
 from tests.integration import scenario
 from tests.integration.scenario import Env, WorkerProcess
 

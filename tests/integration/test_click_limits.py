@@ -19,7 +19,8 @@ from typing import Any
 
 import redis
 
-from streams import config, names, reference
+from streams import names
+from streams.engine import config, reference
 from tests.integration import scenario
 from tests.integration.scenario import Env
 

@@ -23,8 +23,9 @@ from typing import Any
 import pytest
 
 from streams import names
-from streams import sink as S
-from streams.clickhouse import (
+from streams.settings import Settings
+from streams.sinks import sink as S
+from streams.sinks.clickhouse import (
     LOCK_FILE,
     ChdbBackend,
     ChdbLockedError,
@@ -34,7 +35,6 @@ from streams.clickhouse import (
     connect,
     migrate,
 )
-from streams.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -481,7 +481,7 @@ def test_times_keep_their_instant_whatever_the_offset(ch: ClickHouse) -> None:
 OPEN_SNIPPET = """
 import sys
 from pathlib import Path
-from streams.clickhouse import ChdbBackend, ChdbLockedError
+from streams.sinks.clickhouse import ChdbBackend, ChdbLockedError
 try:
     ChdbBackend(Path(sys.argv[1])).close()
 except ChdbLockedError as e:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import websockets
 
-from streams import auth
+from streams.api import auth
 from tests.integration import scenario
 from tests.integration.scenario import Env
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from streams import names
-from streams import stack as stack_mod
+from streams.ops import stack as stack_mod
 from tests.integration import scenario
 from tests.integration.scenario import Env
 from tests.integration.test_pipeline import assert_outcome, crash_and_recover
@@ -251,7 +251,7 @@ def test_secrets_and_tokens_never_reach_the_log(pipe: Env) -> None:
     import urllib.error
     import urllib.request
 
-    from streams import auth
+    from streams.api import auth
 
     secret = "s3cr3t-token-key-" + "q" * 24
     env = {**pipe.env, "FENXIAO_TOKEN_KEY": secret}

@@ -10,8 +10,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from streams import config, flashsale, outcome, reference
-from streams.demo import program_toml
+from streams.engine import config, outcome, reference
+from streams.ops import flashsale
+from streams.ops.demo import program_toml
 from tests.integration import scenario
 from tests.integration.scenario import Env
 from tests.integration.test_pipeline import assert_outcome

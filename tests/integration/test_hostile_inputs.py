@@ -28,9 +28,11 @@ import jsonschema
 import pytest
 import yaml
 
-from streams import auth, names, reports
+from streams import names
+from streams.api import auth
 from streams.cli import build_parser
-from streams.clickhouse import ChdbBackend
+from streams.sinks import reports
+from streams.sinks.clickhouse import ChdbBackend
 from tests.integration import scenario
 from tests.integration.scenario import Env, WorkerProcess
 
@@ -316,9 +318,7 @@ class Hostile:
         """Every Redis key but the per-second live counters and the leases, which expire and return on their own."""
         leases = {names.KEY_LEASE.encode(), names.KEY_PJ_LEASE.encode()}
         return {
-            k
-            for k in self.redis.scan_iter(count=5000)
-            if not k.startswith(names.KEY_LIVE.encode()) and k not in leases
+            k for k in self.redis.scan_iter(count=5000) if not k.startswith(names.KEY_LIVE.encode()) and k not in leases
         }
 
     def get(self, path: str, tok: str | None = "", headers: dict[str, str] | None = None) -> Answer:

@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from streams import names
-from streams import stack as stack_mod
+from streams.ops import stack as stack_mod
 from tests.integration import scenario
 from tests.integration.scenario import Env
 

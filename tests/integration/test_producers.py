@@ -2,7 +2,7 @@
 producer with aborted transactions, librdkafka's partitioner, headers and null keys, a batch no client can decode.
 
 The Java tools are `org.apache.kafka:kafka-tools` at the broker's version, fetched once with Maven
-(streams/stack.py, `ensure_kafka_tools_jars`). Each test asserts the spec's expected.json, never the code's output.
+(streams/ops/stack.py, `ensure_kafka_tools_jars`). Each test asserts the spec's expected.json, never the code's output.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from aiokafka.partitioner import murmur2
 from aiokafka.record.util import calc_crc32c_py
 
 from streams import names
-from streams import stack as stack_mod
+from streams.ops import stack as stack_mod
 from tests.integration import scenario
 from tests.integration.scenario import Env
 from tests.integration.test_pipeline import assert_outcome

@@ -18,12 +18,15 @@ from typing import Any
 import pytest
 import redis
 
-from streams import config, flashsale, names, outcome, redis_conn, reference
-from streams import stack as stack_mod
-from streams.demo import program_toml
-from streams.recovery import ensure_state
-from streams.redis_cluster import ClusterStore, fence_slots, key_slot, marker_key, slots_lost
-from streams.referral_store import BatchRequest, LeaseLost, StateLost, acquire_lease
+from streams import names
+from streams.engine import config, outcome, reference
+from streams.ops import flashsale
+from streams.ops import stack as stack_mod
+from streams.ops.demo import program_toml
+from streams.state import redis_conn
+from streams.state.recovery import ensure_state
+from streams.state.redis_cluster import ClusterStore, fence_slots, key_slot, marker_key, slots_lost
+from streams.state.referral_store import BatchRequest, LeaseLost, StateLost, acquire_lease
 from tests.integration import scenario
 from tests.integration.scenario import Env
 from tests.integration.test_pipeline import EXAMPLES, _wait_log, assert_outcome, run_backlog
@@ -226,8 +229,8 @@ def test_a_node_that_comes_back_empty_is_noticed_and_the_state_rebuilt(cluster_u
 
 def test_team_unions_across_slots_end_as_on_one_server(cluster_url: str, stack: Any) -> None:
     """Team unions end as Redis' own ZUNIONSTORE leaves them, on the cluster (ZADDs) and on one server (script)."""
-    from streams.projections import team_key
-    from streams.referral_store import RedisStore
+    from streams.state.projections import team_key
+    from streams.state.referral_store import RedisStore
 
     _fresh(cluster_url, "e1", "w1")
     redis_conn.flush(stack.redis_url)

@@ -9,8 +9,8 @@ import pytest
 import redis
 
 from streams import names
-from streams.ledger import Balance, State
-from streams.referral_store import LeaseLost, RedisStore, StateLost, acquire_lease
+from streams.engine.ledger import Balance, State
+from streams.state.referral_store import LeaseLost, RedisStore, StateLost, acquire_lease
 
 
 def _fresh(stack: Any) -> None:
@@ -66,7 +66,7 @@ def test_a_flushed_redis_stops_loads_and_commits(stack: Any) -> None:
     _fresh(stack)
 
     async def run() -> None:
-        from streams.referral_store import BatchRequest
+        from streams.state.referral_store import BatchRequest
 
         store = RedisStore(stack.redis_url, 0, owner="w1", epoch="e1")
         try:

@@ -13,7 +13,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from streams import flashsale, names, replay
+from streams import names
+from streams.ops import flashsale, replay
 
 
 @pytest.fixture

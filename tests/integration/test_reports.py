@@ -20,9 +20,10 @@ from typing import Any
 import pytest
 
 from schemas.events import Invalid, decode
-from streams import names, reports
-from streams import sink as S
-from streams.clickhouse import ChdbBackend, migrate
+from streams import names
+from streams.sinks import reports
+from streams.sinks import sink as S
+from streams.sinks.clickhouse import ChdbBackend, migrate
 from tests.integration import report_data as RD
 from tests.integration import scenario
 from tests.integration.scenario import Env

@@ -1,6 +1,6 @@
 """ClickHouse faults under a running worker: failing inserts, lost acks and a SIGKILL right after a sink insert.
 
-The sink's promise (streams/sink.py, docs/decisions.md): nothing lost, nothing counted twice in the raw
+The sink's promise (streams/sinks/sink.py, docs/decisions.md): nothing lost, nothing counted twice in the raw
 tables or in the summed aggregates, the commission stream goes on while ClickHouse fails, and once
 ClickHouse answers again the sink catches up within the retry policy's longest pause.
 """
@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 
-from streams import names, sink_agent
-from streams.sink import LEDGER, ClickHouseSink
+from streams import names
+from streams.sinks import sink_agent
+from streams.sinks.sink import LEDGER, ClickHouseSink
 from tests.integration import scenario
 from tests.integration.scenario import Env
 from tests.integration.test_pipeline import assert_outcome
@@ -30,7 +31,7 @@ CATCH_UP_SLACK_S = 4.0
 
 _SUMS = """
 import json
-from streams import warehouse
+from streams.sinks import warehouse
 ch = warehouse.connect()
 one = lambda sql: [int(v) for v in ch.query(sql)[0]]
 print(json.dumps({

@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from streams import names, redis_conn
+from streams import names
+from streams.state import redis_conn
 from tests.integration import scenario
 from tests.integration.scenario import Env
 from tests.integration.test_sink_faults import wait_for_log

@@ -12,8 +12,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from streams import names
-from streams import stack as stack_mod
-from streams.stack import RunningStack
+from streams.ops import stack as stack_mod
+from streams.ops.stack import RunningStack
 
 
 async def test_kafka_round_trips_a_record(stack: RunningStack) -> None:

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from streams.alignment import ARRIVAL_WAIT_S, INF_KEY, Aligner
+from streams.engine.alignment import ARRIVAL_WAIT_S, INF_KEY, Aligner
 
 
 class Clock:
@@ -242,7 +242,7 @@ def test_a_broker_answer_asked_for_before_the_event_had_waited_does_not_let_it_p
 
 
 def test_the_sequencer_asks_the_broker_only_when_a_quiet_partition_holds_something_back() -> None:
-    from streams.sequencer import CHECK_INTERVAL_S, Sequencer
+    from streams.pipeline.sequencer import CHECK_INTERVAL_S, Sequencer
     from tests.unit.test_ledger import program
 
     clock = Clock()

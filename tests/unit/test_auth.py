@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from streams import auth
+from streams.api import auth
 
 KEY = "k" * 32
 

@@ -20,10 +20,11 @@ from typing import Any
 import pytest
 
 from schemas.events import Click, decode
-from streams import names, reference
-from streams.config import ClickLimits, ConfigError, Program, parse
-from streams.ledger import IP_RATE, VISITOR_RATE, Ledger, NotLoaded, State, seq_key
-from streams.referral_store import BatchRequest
+from streams import names
+from streams.engine import reference
+from streams.engine.config import ClickLimits, ConfigError, Program, parse
+from streams.engine.ledger import IP_RATE, VISITOR_RATE, Ledger, NotLoaded, State, seq_key
+from streams.state.referral_store import BatchRequest
 
 T0_MS = 1_794_355_200_000  # 2026-11-11T00:00:00.000Z = 29_905_920 minutes
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

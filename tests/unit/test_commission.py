@@ -14,7 +14,7 @@ from fractions import Fraction
 
 import pytest
 
-from streams.commission import cap_cents, deltas, level_amount, split, split_items, spread
+from streams.engine.commission import cap_cents, deltas, level_amount, split, split_items, spread
 
 MAX = 10**12  # the largest amount the contract allows
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.config import ConfigError, Plan, load, parse
+from streams.engine.config import ConfigError, Plan, load, parse
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from schemas.events import Invalid, Order, Signup, decode
-from streams import config, names, outcome, reference
+from streams import names
+from streams.engine import config, outcome, reference
 
 TS = "2026-11-11T00:00:00.000Z"
 TS_MS = 1_794_355_200_000  # 2026-11-11T00:00:00Z, hand-checked in tests/unit/test_events.py

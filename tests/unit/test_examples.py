@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from streams import config, outcome, reference
+from streams.engine import config, outcome, reference
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 EXAMPLES = ["basic", "two-level", "messy", "v2/money-out"]

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from streams import flashsale
+from streams.ops import flashsale
 
 START = datetime(2026, 11, 11, tzinfo=UTC)
 

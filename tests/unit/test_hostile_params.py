@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from streams import api, auth, reports
+from streams.api import auth
+from streams.api import routes as api
+from streams.sinks import reports
 
 KEY = "k" * 32
 

@@ -18,9 +18,10 @@ from typing import Any
 import pytest
 
 from schemas.events import Invalid, decode
-from streams import names, outcome, reference
-from streams.config import Program, parse
-from streams.ledger import Ledger, Outcome, State, User, seq_key
+from streams import names
+from streams.engine import outcome, reference
+from streams.engine.config import Program, parse
+from streams.engine.ledger import Ledger, Outcome, State, User, seq_key
 
 T0_MS = 1_794_355_200_000  # 2026-11-11T00:00:00.000Z
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

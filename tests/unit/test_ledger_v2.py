@@ -22,9 +22,10 @@ from typing import Any
 import pytest
 
 from schemas.events import Invalid, decode
-from streams import names, outcome, reference
-from streams.config import Program, parse
-from streams.ledger import Balance, Ledger, NotLoaded, State, User, seq_key
+from streams import names
+from streams.engine import outcome, reference
+from streams.engine.config import Program, parse
+from streams.engine.ledger import Balance, Ledger, NotLoaded, State, User, seq_key
 from tests.unit.test_ledger import (
     CHAIN,
     _order,

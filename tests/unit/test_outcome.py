@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streams import outcome
+from streams.engine import outcome
 
 
 def _entry(entry_id: str, kind: str, amount: int, who: str = "u1") -> dict[str, object]:

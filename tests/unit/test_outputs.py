@@ -8,8 +8,8 @@ import pytest
 from aiokafka import TopicPartition
 from aiokafka.partitioner import murmur2
 
-from streams.consume import OffsetBook
-from streams.outputs import java_partition
+from streams.pipeline.consume import OffsetBook
+from streams.pipeline.outputs import java_partition
 
 KEYS = [b"", b"a", b"ab", b"abc", b"abcd", b"u3-27", "分销商-7".encode(), b"\xff\x00\x80", bytes(range(37))]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from streams import names
-from streams.ledger import ACCRUED, CLAWED_BACK, REVERSED, SETTLED, Binding, Entry, OrderState, State, User
-from streams.projections import (
+from streams.engine.ledger import ACCRUED, CLAWED_BACK, REVERSED, SETTLED, Binding, Entry, OrderState, State, User
+from streams.state.projections import (
     Leaderboards,
     LedgerFeed,
     board_key,

@@ -8,9 +8,9 @@ from collections import defaultdict
 import pytest
 
 from streams import names
-from streams.ledger import ACCRUED, SETTLED, Binding, Entry
-from streams.projections import board_key, feed_key, live_key, team_key
-from streams.projector import Tree, candidates, entry_of, paid_needed, plan_batch, seen_key
+from streams.engine.ledger import ACCRUED, SETTLED, Binding, Entry
+from streams.state.projections import board_key, feed_key, live_key, team_key
+from streams.state.projector import Tree, candidates, entry_of, paid_needed, plan_batch, seen_key
 
 T0 = 1_794_355_200_000  # 2026-11-11T00:00:00Z
 NOW_MS = 1_800_000_000_500

@@ -12,8 +12,9 @@ import pytest
 
 from schemas import publish
 from schemas.events import Invalid, decode
-from streams import config, names, reference
-from streams.sequencer import DeadLetter
+from streams import names
+from streams.engine import config, reference
+from streams.pipeline.sequencer import DeadLetter
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 EXAMPLE_DIRS = sorted(p.parent for p in FIXTURES.rglob("events.jsonl"))

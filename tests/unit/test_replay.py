@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from streams import cli, flashsale, replay
+from streams import cli
+from streams.ops import flashsale, replay
 from streams.settings import get_settings
 
 SALE_OPENS = datetime(2026, 11, 11, tzinfo=UTC)  # the default of `fenxiao generate --start`

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from streams import reports
-from streams.reports import BPS, CENTS, TEXT, Chart, Column, Report, ReportError, parse_period, ratio_bps
+from streams.sinks import reports
+from streams.sinks.reports import BPS, CENTS, TEXT, Chart, Column, Report, ReportError, parse_period, ratio_bps
 
 
 def sample() -> Report:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from streams.ledger import SettleIndex
+from streams.engine.ledger import SettleIndex
 
 
 def _index(schedule: list[tuple[str, int | None]]) -> SettleIndex:

@@ -1,6 +1,6 @@
 """ClickHouseSink without ClickHouse: buffering, dedupe against stored rows, retries that neither lose nor double.
 
-Also the pure helpers of streams.clickhouse the sink relies on (parameter text, statement
+Also the pure helpers of streams.sinks.clickhouse the sink relies on (parameter text, statement
 splitting, URL parsing), which need no engine either.
 """
 
@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from streams.clickhouse import ClickHouseError, param_text, parse_server_url, split_statements
-from streams.sink import BINDINGS, CLICKS, LEDGER, ORDERS, TABLES, ClickHouseSink, SinkWriteError
+from streams.sinks.clickhouse import ClickHouseError, param_text, parse_server_url, split_statements
+from streams.sinks.sink import BINDINGS, CLICKS, LEDGER, ORDERS, TABLES, ClickHouseSink, SinkWriteError
 
 
 def entry(i: int, **overrides: Any) -> dict[str, Any]:
@@ -308,7 +308,7 @@ def test_policy_arguments_are_checked() -> None:
         ClickHouseSink(FakeClickHouse(), base_delay=5.0, max_delay=1.0)
 
 
-# --- helpers of streams.clickhouse ---------------------------------------------------------------------------------
+# --- helpers of streams.sinks.clickhouse ------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from streams import faults
-from streams.faults import FaultyClickHouse, InjectedFault
 from streams.settings import Settings
-from streams.sink import CLICKS, LEDGER, TABLES, ClickHouseSink, SinkWriteError
+from streams.sinks import faults
+from streams.sinks.faults import FaultyClickHouse, InjectedFault
+from streams.sinks.sink import CLICKS, LEDGER, TABLES, ClickHouseSink, SinkWriteError
 from tests.unit.test_sink import FakeClickHouse, entry
 
 
@@ -37,7 +37,7 @@ def test_the_worker_policy_backs_off_half_a_second_doubling_within_a_flush() -> 
 
 
 def test_the_longest_pause_between_attempts_is_the_agents_retry_pause() -> None:
-    from streams import sink_agent
+    from streams.sinks import sink_agent
 
     sink, _ = worker_sink(FakeClickHouse())
     assert [sink.backoff(n) for n in range(1, sink.max_attempts)] == [0.5, 1.0, 2.0, 4.0]
@@ -47,7 +47,7 @@ def test_the_longest_pause_between_attempts_is_the_agents_retry_pause() -> None:
 def test_a_flush_that_runs_out_of_retries_is_retried_by_the_agent_after_its_pause(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from streams import sink_agent
+    from streams.sinks import sink_agent
 
     fake = FakeClickHouse()
     sink, slept = worker_sink(FaultyClickHouse(fake, "fail:7", None))

@@ -1,4 +1,4 @@
-"""The pure parts of streams/stack.py: address parsing, generated configs, the version pin."""
+"""The pure parts of streams/ops/stack.py: address parsing, generated configs, the version pin."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from streams import names
-from streams import stack as stack_mod
+from streams.ops import stack as stack_mod
+from streams.ops.stack import StackConfig, StackError
 from streams.settings import get_settings
-from streams.stack import StackConfig, StackError
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from streams.referral_store import MAX_COMMAND_ARGS, StagedCommands
+from streams.state.referral_store import MAX_COMMAND_ARGS, StagedCommands
 
 
 @pytest.mark.parametrize(

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from streams import names, tier_rules
-from streams.config import ConfigError, TierRulesSection, parse
-from streams.reports import parse_period
-from streams.tier_rules import Standing, decide, event_id, load_rules, target_tier, tier_records
+from streams import names
+from streams.engine import tier_rules
+from streams.engine.config import ConfigError, TierRulesSection, parse
+from streams.engine.tier_rules import Standing, decide, event_id, load_rules, target_tier, tier_records
+from streams.sinks.reports import parse_period
 
 BASE = """
 [program]

@@ -1,0 +1,1 @@
+"""HTTP: the distributor and operator API, tokens, status views, report forwarding, the dashboard."""

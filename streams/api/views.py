@@ -1,0 +1,27 @@
+"""HTTP views served by the worker: health and the sequencer's status; the distributor API is streams.api.routes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from streams.api import routes as api
+from streams.pipeline import runtime
+from streams.pipeline.app import app
+from streams.sinks import sink_process
+
+
+@app.page("/health")
+async def health(web: Any, request: Any) -> Any:
+    """Liveness for orchestrators; carries nothing private."""
+    return web.json({"ok": True})
+
+
+@app.page("/status")
+async def status(web: Any, request: Any) -> Any:
+    """What the sequencer holds and has applied, and its sink child's lag (operators only: business data)."""
+    try:
+        api.require(request, None)
+    except api.ApiError as e:
+        return api.error_response(web, e)
+    rt = runtime.get()
+    return web.json({**rt.sequencer.status(), **sink_process.worker_status()})

@@ -1,0 +1,1 @@
+"""Running it: the local stack, the demo, replays and the flash-sale generator."""

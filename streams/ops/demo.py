@@ -1,0 +1,290 @@
+"""`fenxiao demo`: the local stack, a worker, a generated flash sale in real time, a live view, a report."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+
+from streams import names
+
+console = Console()
+
+
+def program_toml(freeze_seconds: int = 20, grace_seconds: float = 2) -> str:
+    """The demo's program (three levels, a d11 campaign); a short freeze so settlement shows live."""
+    return f"""\
+[program]
+levels = 3
+self_purchase = false
+attribution_window_seconds = 86400
+freeze_seconds = {freeze_seconds}
+max_total_bps = 2000
+
+[tiers.standard]
+rates_bps = [1000, 500, 200]
+[tiers.silver]
+rates_bps = [1200, 600, 300]
+[tiers.gold]
+rates_bps = [1500, 700, 300]
+
+[campaigns.d11]
+max_total_bps = 2500
+[campaigns.d11.tiers.standard]
+rates_bps = [1300, 500, 200]
+
+[pipeline]
+ordering_grace_seconds = {grace_seconds}
+"""
+
+
+class DemoError(Exception):
+    """The demo cannot go on; the message says what to do."""
+
+
+def _operator_token(ttl_s: int = 86400) -> str:
+    """/status and the dashboard need a token; the demo and its worker share FENXIAO_TOKEN_KEY."""
+    from streams.api import auth
+    from streams.settings import get_settings
+
+    return auth.issue(get_settings().token_key.get_secret_value(), auth.OPERATOR, None, ttl_s)
+
+
+def _get(port: int, path: str) -> Any:
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", headers={"Authorization": f"Bearer {_operator_token(60)}"}
+    )
+    with urllib.request.urlopen(req, timeout=2) as r:
+        return json.loads(r.read())
+
+
+def _cents(c: int) -> str:
+    return f"¥{c / 100:,.2f}" if abs(c) < 10**15 else str(c)
+
+
+async def _reset(bootstrap: str, redis_url: str, partitions: int) -> None:
+    """Empty the demo's topics and Redis db, so every demo starts from nothing."""
+    from streams.ops import stack
+    from streams.state import redis_conn
+
+    await stack.recreate_topics(bootstrap, partitions)
+    await redis_conn.flush_async(redis_url)
+
+
+async def _top_earners(redis_url: str, n: int = 8) -> list[tuple[str, int, int]]:
+    """(user, pending, available) of the biggest earners, straight from the balances in Redis."""
+    from streams.state import redis_conn
+
+    r = redis_conn.connect_async(redis_url, decode_responses=True)
+    rows = []
+    try:
+        keys = [k async for k in r.scan_iter(match=names.KEY_BALANCE + "*", count=2000)]
+        async with r.pipeline(transaction=False) as p:
+            for k in keys:
+                p.hmget(k, "p", "a")
+            vals = await p.execute()
+        for k, (pend, avail) in zip(keys, vals, strict=True):
+            rows.append((k[len(names.KEY_BALANCE) :], int(pend or 0), int(avail or 0)))
+    finally:
+        await r.aclose()
+    rows.sort(key=lambda t: t[1] + t[2], reverse=True)
+    return rows[:n]
+
+
+def _view(
+    status: dict[str, Any], produced: int, total: int, events_per_s: float, top: list[tuple[str, int, int]]
+) -> Group:
+    head = Table.grid(padding=(0, 3))
+    head.add_row(
+        f"[bold]produced[/] {produced:,}/{total:,}",
+        f"[bold]applied[/] {status.get('applied', 0):,}",
+        f"[bold]events/s[/] {events_per_s:,.0f}",
+        f"[bold]entries[/] {status.get('entries', 0):,}",
+        f"[bold]dead letters[/] {status.get('dead_letters', 0):,}",
+        f"[bold]held[/] {status.get('held', 0):,}",
+    )
+    t = Table(title="top earners (live from Redis)", expand=False)
+    t.add_column("distributor")
+    t.add_column("pending 冻结中", justify="right")
+    t.add_column("available 可提现", justify="right")
+    for uid, pend, avail in top:
+        t.add_row(uid, _cents(pend), _cents(avail))
+    return Group(Panel(head, title="双11 flash sale — fenxiao demo"), t)
+
+
+def run(users: int, orders: int, duration: float, seed: int, speed: float = 4.0) -> int:
+    """The whole demo; returns an exit code."""
+    from streams.ops import flashsale, stack
+    from streams.settings import get_settings
+
+    settings = get_settings()
+    console.print("[bold]1/5[/] starting the local stack (Kafka in KRaft mode, Redis)…")
+    try:
+        cfg = stack.config_from_settings(settings)
+        stack.up(cfg, settings.partitions)
+    except stack.StackError as e:
+        raise DemoError(str(e)) from e
+    redis_url = settings.redis_url.get_secret_value()
+    demo_dir = settings.var_dir.resolve() / "demo"
+    demo_dir.mkdir(parents=True, exist_ok=True)
+    config_path = demo_dir / "fenxiao.toml"
+    config_path.write_text(program_toml(), encoding="utf-8")
+    ch_path = demo_dir / "clickhouse"
+    console.print("[bold]2/5[/] emptying the demo topics and Redis db…")
+    asyncio.run(_reset(settings.kafka, redis_url, settings.partitions))
+    if ch_path.exists():
+        import shutil
+
+        shutil.rmtree(ch_path)
+
+    from streams.ops.stack import pick_free_ports
+
+    port, sink_port = pick_free_ports(2)
+    env = {
+        **os.environ,
+        names.ENV_CONFIG: str(config_path),
+        names.ENV_APP_ID: f"fenxiao-demo-{int(time.time())}",
+        names.ENV_WEB_PORT: str(port),
+        names.ENV_SINK_PORT: str(sink_port),
+        names.ENV_CLICKHOUSE_PATH: str(ch_path),
+    }
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    log_path = demo_dir / "worker.log"
+    console.print(f"[bold]3/5[/] starting a worker (log: {log_path})…")
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "worker", "--config", str(config_path), "--loglevel", "warning"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+    try:
+        _wait_ready(port, proc, log_path)
+        console.print(f"Live dashboard: http://127.0.0.1:{port}/dashboard?token={_operator_token()}")
+        start = datetime.now(UTC)
+        records = list(flashsale.generate(users, orders, seed, start, duration))
+        sale_end_ms = int(start.timestamp() * 1000 + (duration + 30) * 1000)
+        console.print(
+            f"[bold]4/5[/] replaying a generated sale at {speed:g}x real time: {users:,} users, {orders:,} orders, "
+            f"{len(records):,} events. Worker status: http://127.0.0.1:{port}/status"
+        )
+        asyncio.run(_live(settings.kafka, redis_url, records, port, speed, sale_end_ms))
+        _wait_settled(port, redis_url, timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+    console.print("[bold]5/5[/] report from ClickHouse:")
+    from streams.sinks import reports
+
+    reports.print_demo_report(ch_path, console)
+    console.print(
+        f"\nDone. The stack keeps running (`fenxiao stack status`, `fenxiao stack down`); data in {cfg.var_dir}"
+    )
+    return 0
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    """Turn SIGTERM into SystemExit so the demo's cleanup stops its worker."""
+    raise SystemExit(128 + signum)
+
+
+def _die_with_parent() -> None:
+    """In the worker child: get SIGTERM if the demo dies, so no orphan keeps applying events."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
+def _wait_ready(port: int, proc: subprocess.Popen[bytes], log_path: Path) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
+            raise DemoError(f"the worker exited with {proc.returncode}; its log ends with:\n{tail}")
+        with contextlib.suppress(OSError):
+            _get(port, "/health")
+            return
+        time.sleep(0.3)
+    raise DemoError(f"the worker did not answer within 120 s; see {log_path}")
+
+
+TAIL_SPEEDUP = 15.0
+
+
+async def _live(
+    bootstrap: str, redis_url: str, records: list[dict[str, Any]], port: int, speed: float, sale_end_ms: int
+) -> None:
+    """Produce at `speed` while showing events/s and the top earners; the after-sale tail goes faster."""
+    from schemas.events import parse_ts_ms
+    from streams.ops import replay
+
+    produced = 0
+    cut = next((i for i, r in enumerate(records) if parse_ts_ms(r["value"]["ts"]) > sale_end_ms), len(records))
+
+    async def counted() -> int:
+        nonlocal produced
+
+        def gen(part: list[dict[str, Any]]) -> Any:
+            nonlocal produced
+            for r in part:
+                produced += 1
+                yield r
+
+        n = await replay.produce(bootstrap, gen(records[:cut]), realtime_speed=speed, progress=False)
+        if cut < len(records):
+            n += await replay.produce(
+                bootstrap, gen(records[cut:]), realtime_speed=speed * TAIL_SPEEDUP, progress=False
+            )
+        return n
+
+    task = asyncio.create_task(counted())
+    last_applied, last_t = 0, time.monotonic()
+    events_per_s = 0.0
+    with Live(console=console, refresh_per_second=4) as live:
+        while True:
+            status: dict[str, Any] = {}
+            with contextlib.suppress(OSError, ValueError):
+                status = await asyncio.to_thread(_get, port, "/status")
+            now = time.monotonic()
+            applied = int(status.get("applied", last_applied))
+            events_per_s = 0.7 * events_per_s + 0.3 * (applied - last_applied) / max(now - last_t, 1e-3)
+            last_applied, last_t = applied, now
+            top = await _top_earners(redis_url)
+            live.update(_view(status, produced, len(records), events_per_s, top))
+            if task.done() and status.get("held", 1) == 0 and applied >= produced - status.get("dead_letters", 0):
+                break
+            await asyncio.sleep(1.0)
+    await task
+
+
+def _wait_settled(port: int, redis_url: str, timeout: float) -> None:
+    """Wait for the last freezes to end, so the report shows settled money too."""
+    from streams.state import redis_conn
+
+    r = redis_conn.connect(redis_url)
+    deadline = time.monotonic() + timeout
+    with console.status("waiting for the last orders' freeze to end (settlement)…"):
+        while time.monotonic() < deadline and r.zcard(names.KEY_SETTLE) > 0:
+            time.sleep(1.0)
+    time.sleep(2.0)

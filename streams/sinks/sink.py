@@ -1,0 +1,578 @@
+"""Batching ClickHouse sink for the pipeline's records, and the report queries that read them back.
+
+Shape of quix-streams' BatchingSink: `add(table, row)` buffers, `flush()` writes one batch per
+table and is what the caller runs before committing Kafka offsets; if it raises, the offsets
+must not be committed (the records will be offered again, and that is safe).
+
+Exactly-once into ClickHouse on top of at-least-once delivery: every table has a dedupe key
+(entry_id, event_id, or the whole binding record). Rows are deduplicated within the buffer on
+`add`, and before each insert the sink asks the table which of the chunk's keys it already
+holds (one parameterized query per chunk of up to 100k rows; on a server, per 120 KB of keys,
+its parameter size limit) and inserts only the others. A replayed batch, with
+any boundaries, therefore inserts nothing twice, and the materialized views, which sum every
+inserted row, never see a duplicate. A failed insert is retried with exponential backoff and
+the existence check is redone before every attempt, so an insert that did land but reported a
+failure (a timeout, say) is not written again.
+
+Assumption: one sink at a time writes a given key, so no one inserts it between our check and
+our insert. The worker guarantees it: it is the tables' only writer, and a key comes from one
+Kafka partition, which the consumer group gives to one worker (a rebalance is the exception:
+the old owner may still be flushing while the new one replays). Should a duplicate get in anyway (a second
+writer, a manual insert, a server-side retry), the raw tables are ReplacingMergeTree keyed on
+the dedupe key and every report below reads them with FINAL, so reports stay right; only the
+summed aggregate tables would be off, and rebuild_aggregates() recomputes them from the raw rows.
+
+Rows are validated (kind, level, integer cents) on add(), so a bad row fails its producer at
+once instead of blocking every later flush. flush() is blocking: an asyncio caller runs it in a
+thread, and add() may go on meanwhile (rows added during a flush wait for the next one). Both
+pause the cyclic GC while they churn through large buffers.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from operator import itemgetter
+from typing import Any, NamedTuple, cast
+
+from streams.sinks.clickhouse import ClickHouse, ClickHouseError
+
+log = logging.getLogger(__name__)
+
+LEDGER = "ledger_entries"
+BINDINGS = "bindings"
+CLICKS = "clicks"
+ORDERS = "orders"
+DEAD_LETTERS = "dead_letters"
+TIER_EVENTS = "tier_events"
+LIMITED_CLICKS = "limited_clicks"
+
+KINDS: tuple[str, ...] = ("accrued", "reversed", "settled", "clawed_back")
+_KIND_SET = frozenset(KINDS)
+
+Row = Mapping[str, Any]
+Values = tuple[object, ...]
+_KEYS_PARAM = "JSONExtract({keys:String}, 'Array(String)')"
+# Backends without a max_param_bytes attribute get lookups small enough for a server's 128 KiB limit.
+_DEFAULT_PARAM_BYTES = 120_000
+
+
+def _cents(value: object, what: str) -> object:
+    """Money is integer cents: refuse floats (and bools) before they reach an Int64 column."""
+    if value is not None and type(value) is not int:
+        raise TypeError(f"{what} must be integer cents, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _ledger_values(r: Row) -> Values:
+    """A ledger entry (fenxiao.commissions record) as ledger_entries values."""
+    kind, level = r["kind"], r["level"]
+    if kind not in _KIND_SET:
+        raise ValueError(f"ledger entry {r.get('entry_id')!r}: unknown kind {kind!r}")
+    if type(level) is not int or not 1 <= level <= 3:
+        raise ValueError(f"ledger entry {r.get('entry_id')!r}: level must be 1, 2 or 3, got {level!r}")
+    return (
+        r["entry_id"],
+        r["source_event_id"],
+        r["ts"],
+        r["order_id"],
+        r["buyer_id"],
+        r["beneficiary_id"],
+        level,
+        kind,
+        _cents(r["amount_cents"], "amount_cents"),
+        r["campaign_id"] or "",
+    )
+
+
+def _binding_values(r: Row) -> Values:
+    """A fenxiao.bindings record as bindings values (inviter_id stays None when unbound)."""
+    return (r["user_id"], r["inviter_id"], r["ts"], r["source"])
+
+
+def _click_values(r: Row) -> Values:
+    """A click input event as clicks values; absent optional fields become ''."""
+    return (
+        r["event_id"],
+        r["ts"],
+        r["visitor_id"],
+        r["ref"],
+        r.get("campaign_id") or "",
+        r.get("product_id") or "",
+        r.get("ip") or "",
+        r.get("user_agent") or "",
+    )
+
+
+def _order_values(r: Row) -> Values:
+    """An order input event as orders values; amount_cents stays None when absent."""
+    return (
+        r["event_id"],
+        r["ts"],
+        r["order_id"],
+        r["type"],
+        r["buyer_id"],
+        _cents(r.get("amount_cents"), "amount_cents"),
+        r.get("campaign_id") or "",
+        r.get("ref") or "",
+        r.get("visitor_id") or "",
+    )
+
+
+def _ts_or_none(value: object) -> datetime | None:
+    """A dead letter's ts as a datetime, or None: it may be whatever unreadable text the bad input carried."""
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _dead_letter_values(r: Row) -> Values:
+    """A fenxiao.dead-letters record as dead_letters values; the key is the input record's position."""
+    return (
+        int(r["offset"]),
+        r["topic"],
+        int(r["partition"]),
+        r.get("event_id") or "",
+        r["reason"],
+        r.get("detail") or "",
+        r.get("raw") or "",
+        _ts_or_none(r.get("ts")),
+    )
+
+
+def _limited_click_values(r: Row) -> Values:
+    """A fenxiao.clicks-limited record as limited_clicks values; absent optional fields become ''."""
+    return (
+        r["event_id"],
+        r["ts"],
+        r["visitor_id"],
+        r.get("ip") or "",
+        r["ref"],
+        r.get("campaign_id") or "",
+        r["reason"],
+    )
+
+
+def _tier_values(r: Row) -> Values:
+    """A fenxiao.tiers input event as tier_events values."""
+    return (r["event_id"], r["ts"], r["user_id"], r["tier"])
+
+
+def _epoch_ms(ts: object) -> int:
+    """Milliseconds since the epoch of an RFC 3339 string or datetime, to compare with what ClickHouse stores."""
+    moment = datetime.fromisoformat(ts) if isinstance(ts, str) else ts
+    if not isinstance(moment, datetime):
+        raise TypeError(f"ts must be an RFC 3339 string or datetime, got {type(ts).__name__}")
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - _EPOCH) // _MILLISECOND
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MILLISECOND = datetime(1970, 1, 1, 0, 0, 0, 1000, tzinfo=UTC) - _EPOCH
+
+
+@dataclass(frozen=True)
+class _Table:
+    """How one table is fed: its columns, how a row becomes values, and its dedupe key on both sides."""
+
+    name: str
+    columns: tuple[str, ...]
+    values: Callable[[Row], Values]
+    key: Callable[[Values], Hashable]
+    lookup: str  # the column the existence check filters on (first value of the key)
+    stored_key: str  # select list whose rows, passed to `from_stored`, equal `key` of the stored values
+    from_stored: Callable[[tuple[Any, ...]], Hashable]
+    composite: bool = False  # key is a tuple whose first element is the lookup value (else the key is that value)
+
+    def existing(self, ch: ClickHouse, keys: Sequence[Hashable]) -> set[Hashable]:
+        """The keys among `keys` the table holds already: one query per parameter-sized group of keys."""
+        # The keys travel as one JSON string parsed by JSONExtract: ~1 µs per key. An Array(String)
+        # parameter becomes a literal in the query AST, and IN analyses that in time quadratic in its size.
+        lookups = list(dict.fromkeys(cast(tuple[Any, ...], k)[0] for k in keys)) if self.composite else list(keys)
+        sql = f"SELECT {self.stored_key} FROM {self.name} WHERE {self.lookup} IN (SELECT arrayJoin({_KEYS_PARAM}))"
+        limit: int | None = getattr(ch, "max_param_bytes", _DEFAULT_PARAM_BYTES)
+        found: set[Hashable] = set()
+        for group in _within(lookups, limit):
+            found.update(self.from_stored(row) for row in ch.query(sql, {"keys": json.dumps(group)}))
+        return found
+
+
+def _within(keys: list[Any], limit: int | None) -> Iterator[list[Any]]:
+    """Consecutive groups of keys whose JSON fits in `limit` bytes (all at once when there is no limit)."""
+    if limit is None:
+        yield keys
+        return
+    group: list[Any] = []
+    size = 2
+    for key in keys:
+        text = json.dumps(key)
+        length = len(text) + text.count("\\") + 1  # a backslash is escaped once more in the parameter
+        if group and size + length > limit:
+            yield group
+            group, size = [], 2
+        group.append(key)
+        size += length
+    if group:
+        yield group
+
+
+# The key of event-like tables is their first column (entry_id / event_id), in a buffered row and in a
+# row of the existence check alike; itemgetter keeps the per-row cost of add() in C.
+_first: Callable[[tuple[Any, ...]], Hashable] = itemgetter(0)
+
+
+def _binding_key(values: Values) -> Hashable:
+    """A binding record is its own key: a replay repeats it exactly, a new decision differs in some field."""
+    user_id, inviter_id, ts, source = values
+    return (user_id, inviter_id, _epoch_ms(ts), source)
+
+
+TABLES: dict[str, _Table] = {
+    LEDGER: _Table(
+        LEDGER,
+        (
+            "entry_id",
+            "source_event_id",
+            "ts",
+            "order_id",
+            "buyer_id",
+            "beneficiary_id",
+            "level",
+            "kind",
+            "amount_cents",
+            "campaign_id",
+        ),
+        _ledger_values,
+        _first,
+        "entry_id",
+        "DISTINCT entry_id",
+        _first,
+    ),
+    BINDINGS: _Table(
+        BINDINGS,
+        ("user_id", "inviter_id", "ts", "source"),
+        _binding_values,
+        _binding_key,
+        "user_id",
+        "DISTINCT user_id, inviter_id, toUnixTimestamp64Milli(ts), source",
+        lambda row: (row[0], row[1], int(row[2]), row[3]),
+        composite=True,
+    ),
+    CLICKS: _Table(
+        CLICKS,
+        ("event_id", "ts", "visitor_id", "ref", "campaign_id", "product_id", "ip", "user_agent"),
+        _click_values,
+        _first,
+        "event_id",
+        "DISTINCT event_id",
+        _first,
+    ),
+    ORDERS: _Table(
+        ORDERS,
+        ("event_id", "ts", "order_id", "type", "buyer_id", "amount_cents", "campaign_id", "ref", "visitor_id"),
+        _order_values,
+        _first,
+        "event_id",
+        "DISTINCT event_id",
+        _first,
+    ),
+    # Keyed by the input record's (offset, topic, partition): the engine never dead-letters one record twice,
+    # and a replayed dead letter repeats the position. The lookup on the offset text is a scan, but the table is small.
+    DEAD_LETTERS: _Table(
+        DEAD_LETTERS,
+        ("offset", "topic", "partition", "event_id", "reason", "detail", "raw", "ts"),
+        _dead_letter_values,
+        lambda values: (str(values[0]), values[1], values[2]),
+        "toString(offset)",
+        "DISTINCT toString(offset), topic, partition",
+        lambda row: (str(row[0]), str(row[1]), int(row[2])),
+        composite=True,
+    ),
+    TIER_EVENTS: _Table(
+        TIER_EVENTS,
+        ("event_id", "ts", "user_id", "tier"),
+        _tier_values,
+        _first,
+        "event_id",
+        "DISTINCT event_id",
+        _first,
+    ),
+    LIMITED_CLICKS: _Table(
+        LIMITED_CLICKS,
+        ("event_id", "ts", "visitor_id", "ip", "ref", "campaign_id", "reason"),
+        _limited_click_values,
+        _first,
+        "event_id",
+        "DISTINCT event_id",
+        _first,
+    ),
+}
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic GC during bulk work: it would rescan the big, acyclic buffer over and over (~20% of a flush)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+class SinkWriteError(ClickHouseError):
+    """A table's rows could not be written after every retry: do not commit the offsets they came from."""
+
+    def __init__(self, table: str, attempts: int, cause: BaseException) -> None:
+        self.table = table
+        self.attempts = attempts
+        super().__init__(f"writing {table} to ClickHouse failed after {attempts} attempts: {cause}")
+
+
+class ClickHouseSink:
+    """Buffers rows per table and writes each table's new rows in bulk on flush(), deduplicated and retried."""
+
+    def __init__(
+        self,
+        ch: ClickHouse,
+        *,
+        max_attempts: int = 5,
+        base_delay: float = 0.5,
+        max_delay: float = 30.0,
+        chunk_rows: int = 100_000,
+        retry_on: tuple[type[BaseException], ...] = (ClickHouseError, OSError),
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if max_attempts < 1 or base_delay < 0 or max_delay < base_delay or chunk_rows < 1:
+            raise ValueError("need max_attempts >= 1, 0 <= base_delay <= max_delay and chunk_rows >= 1")
+        self._ch = ch
+        self.max_attempts = max_attempts
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+        self.chunk_rows = chunk_rows
+        self.retry_on = retry_on
+        self._sleep = sleep
+        self._buffers: dict[str, dict[Hashable, Values]] = {}
+        # add() may run on the event loop while flush() runs in a thread: buffers are swapped, not shared.
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<ClickHouseSink buffered={self.buffered()}>"
+
+    def add(self, table: str, row: Row) -> None:
+        """Buffer one row; a row whose key is already buffered is dropped (a redelivery within the batch)."""
+        spec = TABLES.get(table)
+        if spec is None:
+            raise ValueError(f"unknown table {table!r}; expected one of {', '.join(TABLES)}")
+        values = spec.values(row)
+        key = spec.key(values)
+        with self._lock:
+            self._buffers.setdefault(table, {}).setdefault(key, values)
+
+    def add_many(self, table: str, rows: Iterable[Row]) -> None:
+        """add() for many rows of one table, with the lookups hoisted and the GC paused (bulk loads, replays)."""
+        spec = TABLES.get(table)
+        if spec is None:
+            raise ValueError(f"unknown table {table!r}; expected one of {', '.join(TABLES)}")
+        to_values, key_of = spec.values, spec.key
+        with self._lock, _gc_paused():
+            buffer = self._buffers.setdefault(table, {})
+            for row in rows:
+                values = to_values(row)
+                buffer.setdefault(key_of(values), values)
+
+    def buffered(self) -> dict[str, int]:
+        """Rows waiting per table (after in-batch dedupe)."""
+        with self._lock:
+            return {table: len(rows) for table, rows in self._buffers.items()}
+
+    def flush(self) -> dict[str, int]:
+        """Write every buffered table and return the rows inserted per table; raise (keeping the rows) if one fails."""
+        # Each table's buffer is taken out before writing, so rows added meanwhile wait for the next flush.
+        # On SinkWriteError the unwritten tables go back into the buffer: a later flush() retries them,
+        # and its existence checks skip whatever the failed attempt did write.
+        inserted: dict[str, int] = {}
+        with self._lock:
+            taken, self._buffers = self._buffers, {}
+        try:
+            with _gc_paused():
+                for table in list(taken):
+                    started = time.perf_counter()
+                    inserted[table] = self._write(TABLES[table], list(taken[table].items()))
+                    rows = taken.pop(table)
+                    elapsed = time.perf_counter() - started
+                    log.debug("sink: %s %d offered, %d new in %.3fs", table, len(rows), inserted[table], elapsed)
+        finally:
+            if taken:
+                self._put_back(taken)
+        return inserted
+
+    def _put_back(self, taken: dict[str, dict[Hashable, Values]]) -> None:
+        """Return unwritten rows to the buffer, ahead of rows added since (their order is the input order)."""
+        with self._lock:
+            for table, rows in taken.items():
+                for key, values in self._buffers.pop(table, {}).items():
+                    rows.setdefault(key, values)
+                self._buffers[table] = rows
+
+    def _write(self, spec: _Table, items: list[tuple[Hashable, Values]]) -> int:
+        """Write a table's rows in chunks small enough for one INSERT block (atomic) and one existence query."""
+        size = self.chunk_rows
+        return sum(self._write_chunk(spec, items[i : i + size]) for i in range(0, len(items), size))
+
+    def _write_chunk(self, spec: _Table, chunk: list[tuple[Hashable, Values]]) -> int:
+        """Check, then insert what is new; on failure back off and check again, so nothing lands twice."""
+        attempt = 1
+        while True:
+            try:
+                stored = spec.existing(self._ch, [key for key, _ in chunk])
+                rows = [values for key, values in chunk if key not in stored]
+                if rows:
+                    self._ch.insert(spec.name, spec.columns, rows)
+                return len(rows)
+            except self.retry_on as exc:
+                if attempt >= self.max_attempts:
+                    raise SinkWriteError(spec.name, attempt, exc) from exc
+                delay = self.backoff(attempt)
+                log.warning(
+                    "sink: writing %s failed (attempt %d/%d), retrying in %.2fs: %s",
+                    spec.name,
+                    attempt,
+                    self.max_attempts,
+                    delay,
+                    exc,
+                )
+                self._sleep(delay)
+                attempt += 1
+
+    def backoff(self, attempt: int) -> float:
+        """Delay after failed attempt n: base * 2^(n-1), capped at max_delay."""
+        return float(min(self.max_delay, self.base_delay * 2 ** (attempt - 1)))
+
+
+# --- reports -------------------------------------------------------------------------------------------------------
+# Read the raw tables with FINAL (one row per key even if a duplicate got in; the partition key is
+# a function of ts, which is fixed per key, so FINAL's per-partition dedupe covers every copy).
+
+
+def ledger_totals(ch: ClickHouse) -> dict[str, int]:
+    """Sum of amount_cents per kind, every kind present (0 when it has no entries)."""
+    totals = dict.fromkeys(KINDS, 0)
+    for kind, total in ch.query(f"SELECT kind, sum(amount_cents) FROM {LEDGER} FINAL GROUP BY kind"):
+        totals[str(kind)] = int(total)
+    return totals
+
+
+def balances(ch: ClickHouse) -> dict[str, tuple[int, int]]:
+    """(pending, available) cents per beneficiary: accrued + reversed − settled, and settled + clawed_back."""
+    rows = ch.query(
+        "SELECT beneficiary_id,"
+        " sumIf(amount_cents, kind IN ('accrued', 'reversed')) - sumIf(amount_cents, kind = 'settled'),"
+        " sumIf(amount_cents, kind IN ('settled', 'clawed_back'))"
+        f" FROM {LEDGER} FINAL GROUP BY beneficiary_id"
+    )
+    return {str(user): (int(pending), int(available)) for user, pending, available in rows}
+
+
+def entry_sums(ch: ClickHouse) -> dict[str, int]:
+    """Sum of amount_cents keyed "{order_id}|{level}|{beneficiary_id}|{kind}" (the spec examples' `entries`)."""
+    rows = ch.query(
+        "SELECT order_id, level, beneficiary_id, kind, sum(amount_cents)"
+        f" FROM {LEDGER} FINAL GROUP BY order_id, level, beneficiary_id, kind"
+    )
+    return {f"{order}|{level}|{user}|{kind}": int(total) for order, level, user, kind, total in rows}
+
+
+def bindings(ch: ClickHouse) -> dict[str, str | None]:
+    """Inviter per user (None when unbound), from the latest binding record of each user."""
+    rows = ch.query(f"SELECT user_id, inviter_id FROM {BINDINGS} FINAL")
+    return {str(user): None if inviter is None else str(inviter) for user, inviter in rows}
+
+
+class DailyCommission(NamedTuple):
+    """One commission_daily row: cents per kind and how many entries were summed."""
+
+    accrued_cents: int
+    reversed_cents: int
+    settled_cents: int
+    clawed_back_cents: int
+    entries: int
+
+
+def daily_commissions(ch: ClickHouse) -> dict[tuple[date, str, int, str], DailyCommission]:
+    """The commission_daily aggregate keyed (day, beneficiary_id, level, campaign_id), summed across parts."""
+    rows = ch.query(
+        "SELECT day, beneficiary_id, level, campaign_id,"
+        " sum(accrued_cents), sum(reversed_cents), sum(settled_cents), sum(clawed_back_cents), sum(entries)"
+        " FROM commission_daily GROUP BY day, beneficiary_id, level, campaign_id"
+    )
+    return {
+        (day, str(user), int(level), str(campaign)): DailyCommission(*(int(v) for v in sums))
+        for day, user, level, campaign, *sums in rows
+    }
+
+
+class CampaignMinute(NamedTuple):
+    """One campaign_minute row: paid orders, GMV, refunds and commission accrued, in cents."""
+
+    paid_orders: int
+    gmv_cents: int
+    refunded_cents: int
+    accrued_cents: int
+
+
+def campaign_minutes(ch: ClickHouse) -> dict[tuple[datetime, str], CampaignMinute]:
+    """The campaign_minute aggregate keyed (minute start, campaign_id), summed across parts."""
+    rows = ch.query(
+        "SELECT minute, campaign_id, sum(paid_orders), sum(gmv_cents), sum(refunded_cents), sum(accrued_cents)"
+        " FROM campaign_minute GROUP BY minute, campaign_id"
+    )
+    return {
+        (_as_utc(minute), str(campaign)): CampaignMinute(*(int(v) for v in sums)) for minute, campaign, *sums in rows
+    }
+
+
+def _as_utc(moment: datetime) -> datetime:
+    """Aware UTC datetime whichever way the backend returned it (chDB: aware, clickhouse-connect: may be naive)."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+_REBUILD = (
+    "TRUNCATE TABLE commission_daily",
+    "INSERT INTO commission_daily"
+    " SELECT toDate(ts) AS day, beneficiary_id, level, campaign_id,"
+    " sumIf(amount_cents, kind = 'accrued'), sumIf(amount_cents, kind = 'reversed'),"
+    " sumIf(amount_cents, kind = 'settled'), sumIf(amount_cents, kind = 'clawed_back'), count()"
+    f" FROM {LEDGER} FINAL GROUP BY day, beneficiary_id, level, campaign_id",
+    "TRUNCATE TABLE campaign_minute",
+    "INSERT INTO campaign_minute"
+    " SELECT toDateTime(toStartOfMinute(ts), 'UTC') AS minute, campaign_id, countIf(type = 'paid'),"
+    " sumIf(ifNull(amount_cents, 0), type = 'paid'), sumIf(ifNull(amount_cents, 0), type = 'refunded'), toInt64(0)"
+    f" FROM {ORDERS} FINAL WHERE type IN ('paid', 'refunded') GROUP BY minute, campaign_id",
+    "INSERT INTO campaign_minute"
+    " SELECT toDateTime(toStartOfMinute(ts), 'UTC') AS minute, campaign_id, toUInt64(0), toInt64(0), toInt64(0),"
+    f" sum(amount_cents) FROM {LEDGER} FINAL WHERE kind = 'accrued' GROUP BY minute, campaign_id",
+)
+
+
+def rebuild_aggregates(ch: ClickHouse) -> None:
+    """Recompute the summed aggregates from the deduplicated raw tables (worker stopped): the repair for duplicates."""
+    # For what the sink cannot prevent: a row inserted behind its back, or an insert whose raw part was
+    # committed while its materialized-view part failed. Same expressions as 002_aggregates.sql.
+    for statement in _REBUILD:
+        ch.command(statement)

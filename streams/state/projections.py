@@ -1,0 +1,155 @@
+"""Read models for the distributor API: their keys, and the feed and leaderboard commands of a batch.
+
+The projector (streams/state/projector.py, in the `fenxiao sink` process) stages them on a command collector
+and writes them with its consumed offsets in one atomic step; they only queue writes (no reads), and
+what they need beyond the entries and bindings (an order's paid cents) comes in the `state` argument.
+Key layout and caps: docs/api.md.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from streams import names
+from streams.engine.ledger import ACCRUED, SETTLED, Binding, Entry, State
+
+FEED_MAXLEN = 1000
+FEED_ALL_MAXLEN = 10_000
+TEAM_LEVELS = 3
+LIVE_TTL_S = 7200
+BOARD_TTL_S = {"day": 90 * 86400, "month": 800 * 86400, "quarter": 800 * 86400}
+PERIODS = ("day", "month", "quarter", "all")
+METRICS = ("earnings", "gmv", "recruits")
+
+
+def entry_fields(e: Entry) -> dict[str, str | int]:
+    """A ledger entry as compact stream fields (same names in every entry, so listpacks share them)."""
+    return {
+        "s": e.source_event_id,
+        "t": e.ts_ms,
+        "o": e.order_id or "",
+        "b": e.buyer_id or "",
+        "u": e.beneficiary_id,
+        "l": e.level,
+        "k": e.kind,
+        "a": e.amount_cents,
+        "c": e.campaign_id or "",
+    }
+
+
+def entry_from_fields(f: Mapping[str, str]) -> Entry:
+    """Inverse of entry_fields; the entry id is derived, as the ledger derives it."""
+    return Entry(
+        entry_id=f"{f['s']}:{f['l']}:{f['k']}",
+        source_event_id=f["s"],
+        ts_ms=int(f["t"]),
+        order_id=f["o"],
+        buyer_id=f["b"],
+        beneficiary_id=f["u"],
+        level=int(f["l"]),
+        kind=f["k"],
+        amount_cents=int(f["a"]),
+        campaign_id=f["c"] or None,
+    )
+
+
+def feed_key(user_id: str) -> str:
+    """The per-distributor ledger stream (the feed and the ledger pages read the same stream)."""
+    return names.KEY_FEED + user_id
+
+
+def team_key(level: int, user_id: str) -> str:
+    """The zset of a distributor's downline at one level."""
+    return f"{names.KEY_TEAM}{level}:{user_id}"
+
+
+def team_member(b: Binding) -> str:
+    """Members sort by bind time under ZRANGEBYLEX (all scores 0), so pages are stable and time-ordered."""
+    return f"{b.ts_ms:013d}|{b.user_id}"
+
+
+def bucket(period: str, ts_ms: int) -> str:
+    """The UTC bucket name of a timestamp for a leaderboard period."""
+    if period == "all":
+        return "all"
+    d = datetime.fromtimestamp(ts_ms / 1000, UTC)
+    if period == "day":
+        return d.strftime("%Y-%m-%d")
+    if period == "month":
+        return d.strftime("%Y-%m")
+    if period == "quarter":
+        return f"{d.year}-Q{(d.month - 1) // 3 + 1}"
+    raise ValueError(f"unknown period {period!r}")
+
+
+def board_key(metric: str, period: str, bucket_name: str, campaign: str | None = None) -> str:
+    """A leaderboard zset; the campaign goes last, so a ':' inside it cannot collide with another key."""
+    base = f"{names.KEY_BOARD}{metric}:{period}:{bucket_name}"
+    return base if campaign is None else f"{base}:{campaign}"
+
+
+def live_key(second: int, campaign: str | None = None) -> str:
+    """A per-second live counter hash, program-wide or for one campaign."""
+    return f"{names.KEY_LIVE}{second}" if campaign is None else f"{names.KEY_LIVE}{second}:{campaign}"
+
+
+def net_cents(e: Entry) -> int:
+    """Earnings effect of an entry: settlement only moves money between pending and available."""
+    return 0 if e.kind == SETTLED else e.amount_cents
+
+
+def _paid_level1(state: State, entries: Sequence[Entry]) -> Iterator[tuple[Entry, int]]:
+    """(accrued level-1 entry, the order's paid cents): one per newly paid, commissioned order."""
+    for e in entries:
+        if e.kind == ACCRUED and e.level == 1 and e.order_id is not None:
+            o = state.orders.get(e.order_id)
+            if o is not None:
+                yield e, o.paid_cents
+
+
+class LedgerFeed:
+    """Appends every entry to its beneficiary's stream and to the operator-wide stream (SSE ids = stream ids)."""
+
+    def __init__(self, maxlen: int = FEED_MAXLEN, all_maxlen: int = FEED_ALL_MAXLEN) -> None:
+        self.maxlen, self.all_maxlen = maxlen, all_maxlen
+
+    def stage(self, pipe: Any, state: State, entries: Sequence[Entry], bindings: Sequence[Binding]) -> None:
+        """XADD with approximate MAXLEN: trimming whole listpack nodes is O(1) amortised."""
+        for e in entries:
+            f = entry_fields(e)
+            pipe.xadd(feed_key(e.beneficiary_id), f, maxlen=self.maxlen, approximate=True)
+            pipe.xadd(names.KEY_FEED_ALL, f, maxlen=self.all_maxlen, approximate=True)
+
+
+class Leaderboards:
+    """Sorted sets per metric, period bucket (by the entry's event ts, UTC) and optionally campaign."""
+
+    def stage(self, pipe: Any, state: State, entries: Sequence[Entry], bindings: Sequence[Binding]) -> None:
+        """Sum the batch first, then one ZINCRBY per key and member."""
+        incr: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+
+        def add(metric: str, ts_ms: int, campaign: str | None, who: str, value: int) -> None:
+            for period in PERIODS:
+                b = bucket(period, ts_ms)
+                incr[board_key(metric, period, b)][who] += value
+                if campaign is not None:
+                    incr[board_key(metric, period, b, campaign)][who] += value
+
+        for e in entries:
+            if e.kind != SETTLED:
+                add("earnings", e.ts_ms, e.campaign_id, e.beneficiary_id, net_cents(e))
+        for e, paid in _paid_level1(state, entries):
+            add("gmv", e.ts_ms, e.campaign_id, e.beneficiary_id, paid)
+        for bd in bindings:
+            if bd.inviter_id is not None:
+                add("recruits", bd.ts_ms, None, bd.inviter_id, 1)
+        for key, members in incr.items():
+            for who, value in members.items():
+                if value:
+                    pipe.zincrby(key, value, who)
+            ttl = BOARD_TTL_S.get(key[len(names.KEY_BOARD) :].split(":", 2)[1])
+            if ttl:
+                pipe.expire(key, ttl)
