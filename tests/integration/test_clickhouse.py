@@ -32,9 +32,9 @@ from streams.sinks.clickhouse import (
     ClickHouse,
     ClickHouseError,
     ServerBackend,
-    connect,
     migrate,
 )
+from streams.sinks.warehouse import connect
 
 pytestmark = pytest.mark.integration
 

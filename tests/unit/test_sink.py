@@ -50,17 +50,29 @@ class FakeClickHouse:
         self.tables: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
         self.inserts: list[tuple[str, int]] = []
         self.queries = 0
+        self.newest_queries = 0
+        self.lookups = 0
+        self.asked: list[str] = []
 
     def command(self, sql: str, params: Mapping[str, object] | None = None) -> None:
         """Nothing to do: the fake has no schema."""
 
     def query(self, sql: str, params: Mapping[str, object] | None = None) -> list[tuple[Any, ...]]:
         self.queries += 1
+        newest = re.fullmatch(r"SELECT toUnixTimestamp64Milli\(max\(ts\)\), count\(\) > 0 FROM (\w+)", sql)
+        if newest is not None:
+            table = newest.group(1)
+            self.newest_queries += 1
+            at = TABLES[table].columns.index("ts")
+            stamps = [_epoch_ms(str(values[at])) for values in self.tables[table]]
+            return [(max(stamps, default=0), bool(stamps))]
+        self.lookups += 1
         match = re.search(r"FROM (\w+) WHERE (\w+) IN", sql)
         assert match is not None and params is not None, sql
         table = match.group(1)
         assert match.group(2) == TABLES[table].lookup
         wanted = set(json.loads(str(params["keys"])))
+        self.asked.extend(sorted(map(str, wanted)))
         found = [values for values in self.tables[table] if values[0] in wanted]
         if table == BINDINGS:
             return list({(u, i, _epoch_ms(str(ts)), s) for u, i, ts, s in found})
@@ -153,10 +165,10 @@ def test_existence_checks_respect_the_backends_parameter_size_limit() -> None:
     sink, _ = new_sink(ch)
     sink.add_many(LEDGER, [entry(i) for i in range(10)])
     sink.flush()
-    queries = ch.queries
-    assert queries > 1
+    before = ch.lookups
     sink.add_many(LEDGER, [entry(i) for i in range(12)])
     assert sink.flush() == {LEDGER: 2}
+    assert ch.lookups - before > 1
     assert sorted(map(str, ch.keys(LEDGER))) == sorted(f"e{i}" for i in range(12))
 
 
@@ -166,7 +178,50 @@ def test_large_batches_are_written_in_chunks_each_checked_and_inserted() -> None
     sink.add_many(LEDGER, [entry(i) for i in range(10)])
     assert sink.flush() == {LEDGER: 10}
     assert ch.inserts == [(LEDGER, 3), (LEDGER, 3), (LEDGER, 3), (LEDGER, 1)]
-    assert ch.queries == 4
+    # Every chunk asks for the newest stored ts; the first finds the table empty, the others (same ts) look up.
+    assert (ch.newest_queries, ch.lookups) == (4, 3)
+
+
+def test_rows_newer_than_every_stored_row_skip_the_lookup_and_older_ones_do_not() -> None:
+    ch = FakeClickHouse()
+    sink, _ = new_sink(ch)
+    sink.add_many(LEDGER, [entry(i, ts="2026-11-11T00:00:05.000Z") for i in range(3)])
+    assert sink.flush() == {LEDGER: 3}
+    assert ch.lookups == 0  # the table was empty
+    # A replay of e1 and e2 (at or before the newest stored ms), one older new row e7, and later new rows e8, e9.
+    sink.add_many(
+        LEDGER,
+        [
+            entry(1, ts="2026-11-11T00:00:05.000Z"),
+            entry(2, ts="2026-11-11T00:00:05.000Z"),
+            entry(7, ts="2026-11-11T00:00:01.000Z"),
+            entry(8, ts="2026-11-11T00:00:05.002Z"),
+            entry(9, ts="2026-11-11T00:00:09.000Z"),
+        ],
+    )
+    assert sink.flush() == {LEDGER: 3}
+    assert ch.asked == ["e1", "e2", "e7"]  # e8 and e9 are newer than anything stored: no lookup
+    assert sorted(map(str, ch.keys(LEDGER))) == ["e0", "e1", "e2", "e7", "e8", "e9"]
+
+
+def test_a_row_one_millisecond_past_the_newest_is_still_looked_up() -> None:
+    ch = FakeClickHouse()
+    sink, _ = new_sink(ch)
+    sink.add(LEDGER, entry(1, ts="2026-11-11T00:00:05.000Z"))
+    sink.flush()
+    sink.add(LEDGER, entry(2, ts="2026-11-11T00:00:05.001Z"))
+    sink.flush()
+    assert ch.asked == ["e2"]
+
+
+def test_input_event_tables_are_always_looked_up() -> None:
+    ch = FakeClickHouse()
+    sink, _ = new_sink(ch)
+    sink.add(CLICKS, {"event_id": "c1", "ts": "2026-11-11T00:00:00.000Z", "visitor_id": "v1", "ref": "u1"})
+    sink.flush()
+    sink.add(CLICKS, {"event_id": "c1", "ts": "2026-11-11T00:09:00.000Z", "visitor_id": "v1", "ref": "u1"})
+    assert sink.flush() == {CLICKS: 0}  # a producer reused the event_id with a later ts: still one row
+    assert ch.asked == ["c1", "c1"]
 
 
 def test_a_failed_insert_is_retried_with_backoff_and_lands_once() -> None:
