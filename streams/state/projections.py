@@ -11,10 +11,12 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from streams import names
 from streams.engine.ledger import ACCRUED, SETTLED, Binding, Entry, State
+from streams.state.referral_store import StagedCommands
 
 FEED_MAXLEN = 1000
 FEED_ALL_MAXLEN = 10_000
@@ -71,17 +73,24 @@ def team_member(b: Binding) -> str:
     return f"{b.ts_ms:013d}|{b.user_id}"
 
 
+@lru_cache(maxsize=4096)
+def _day_buckets(day: int) -> tuple[str, str, str]:
+    """Day, month and quarter bucket names of a UTC day number: every entry of a day shares them."""
+    d = datetime.fromtimestamp(day * 86_400, UTC)
+    return d.strftime("%Y-%m-%d"), d.strftime("%Y-%m"), f"{d.year}-Q{(d.month - 1) // 3 + 1}"
+
+
 def bucket(period: str, ts_ms: int) -> str:
     """The UTC bucket name of a timestamp for a leaderboard period."""
     if period == "all":
         return "all"
-    d = datetime.fromtimestamp(ts_ms / 1000, UTC)
+    day, month, quarter = _day_buckets(ts_ms // 86_400_000)
     if period == "day":
-        return d.strftime("%Y-%m-%d")
+        return day
     if period == "month":
-        return d.strftime("%Y-%m")
+        return month
     if period == "quarter":
-        return f"{d.year}-Q{(d.month - 1) // 3 + 1}"
+        return quarter
     raise ValueError(f"unknown period {period!r}")
 
 
@@ -116,12 +125,14 @@ class LedgerFeed:
     def __init__(self, maxlen: int = FEED_MAXLEN, all_maxlen: int = FEED_ALL_MAXLEN) -> None:
         self.maxlen, self.all_maxlen = maxlen, all_maxlen
 
-    def stage(self, pipe: Any, state: State, entries: Sequence[Entry], bindings: Sequence[Binding]) -> None:
+    def stage(self, pipe: StagedCommands, state: State, entries: Sequence[Entry], bindings: Sequence[Binding]) -> None:
         """XADD with approximate MAXLEN: trimming whole listpack nodes is O(1) amortised."""
+        # XADD key MAXLEN ~ n * field value ..., as redis-py's xadd() spells it, with the fields built once.
+        cap, all_cap = str(self.maxlen), str(self.all_maxlen)
         for e in entries:
-            f = entry_fields(e)
-            pipe.xadd(feed_key(e.beneficiary_id), f, maxlen=self.maxlen, approximate=True)
-            pipe.xadd(names.KEY_FEED_ALL, f, maxlen=self.all_maxlen, approximate=True)
+            fields = [x for k, v in entry_fields(e).items() for x in (k, str(v))]
+            pipe.queue(["XADD", feed_key(e.beneficiary_id), "MAXLEN", "~", cap, "*", *fields])
+            pipe.queue(["XADD", names.KEY_FEED_ALL, "MAXLEN", "~", all_cap, "*", *fields])
 
 
 class Leaderboards:

@@ -24,8 +24,9 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
+
+import msgspec
 
 from schemas.events import parse_ts_ms
 from streams import names
@@ -37,6 +38,7 @@ from streams.state.projections import (
     TEAM_LEVELS,
     Leaderboards,
     LedgerFeed,
+    bucket,
     live_key,
     net_cents,
     team_key,
@@ -104,9 +106,13 @@ return n
 """
 
 
+_json = msgspec.json.Decoder().decode  # output records of the engine: plain JSON objects, decoded in C
+_encode = msgspec.json.Encoder().encode  # the batch's commands for the script, UTF-8 as json.dumps(ensure_ascii=False)
+
+
 def day_of(ts_ms: int) -> str:
     """The UTC day of an event: both copies of a repeated record carry the same ts, so they meet in one set."""
-    return datetime.fromtimestamp(ts_ms / 1000, UTC).strftime("%Y-%m-%d")
+    return bucket("day", ts_ms)
 
 
 def seen_key(ts_ms: int) -> str:
@@ -434,7 +440,7 @@ class Projector:
                 for rs in got.values():
                     for r in rs:
                         if r.value is not None:
-                            self.tree.bind(binding_of(json.loads(r.value)))
+                            self.tree.bind(binding_of(_json(r.value)))
                 todo = {tp for tp in todo if await c.position(tp) < ends[tp]}
         finally:
             await c.stop()
@@ -446,7 +452,7 @@ class Projector:
         for r in records:
             if r.value is None:
                 continue
-            value = json.loads(r.value)
+            value = _json(r.value)
             if r.topic == names.COMMISSIONS:
                 entries.append(entry_of(value))
             else:
@@ -506,8 +512,8 @@ class Projector:
 
     async def _write_atomically(self, plan: Plan, offsets: list[str]) -> None:
         """One Lua call on one server; on a cluster the journal script, then the per-node applies."""
-        seen = json.dumps([[k, v] for k, v in plan.seen.items()], ensure_ascii=False, separators=(",", ":"))
-        commands = json.dumps(plan.commands, ensure_ascii=False, separators=(",", ":"))
+        seen = _encode([[k, v] for k, v in plan.seen.items()]).decode()
+        commands = _encode(plan.commands).decode()
         offs = json.dumps(offsets)
         if not self.cluster:
             verdict = await self.redis.eval(

@@ -249,6 +249,12 @@ class StagedCommands(DataAccessCommands):
             raise ValueError(f"{args[0]} with {len(args)} arguments is too long for one scripted call")
         self.commands.append([a.decode() if isinstance(a, bytes) else str(a) for a in args])
 
+    def queue(self, command: list[str]) -> None:
+        """Queue a command its caller has spelled as strings already (hot read-model paths skip the conversion)."""
+        if len(command) > MAX_COMMAND_ARGS:
+            raise ValueError(f"{command[0]} with {len(command)} arguments is too long for one scripted call")
+        self.commands.append(command)
+
     def payload(self) -> str:
         """The commands as the script's JSON argument."""
         return _JSON.encode(self.commands).decode()

@@ -14,6 +14,7 @@ from streams.state.projections import (
     entry_fields,
     entry_from_fields,
 )
+from streams.state.referral_store import StagedCommands
 
 T0 = 1_794_355_200_000  # 2026-11-11T00:00:00Z
 
@@ -60,18 +61,23 @@ def test_entry_fields_round_trip() -> None:
 
 
 def test_feed_appends_each_entry_to_its_beneficiary_and_the_operator_stream_capped() -> None:
-    p = FakePipe()
-    LedgerFeed(maxlen=100, all_maxlen=1000).stage(
-        p, chain_state(), [entry("a", 1, ACCRUED, 5), entry("b", 2, ACCRUED, 3)], []
-    )
-    xadds = [(a[0], kw["maxlen"], kw["approximate"]) for n, a, kw in p.calls if n == "xadd"]
-    assert xadds == [
-        (names.KEY_FEED + "a", 100, True),
-        (names.KEY_FEED_ALL, 1000, True),
-        (names.KEY_FEED + "b", 100, True),
-        (names.KEY_FEED_ALL, 1000, True),
+    got = StagedCommands()
+    a, b = entry("a", 1, ACCRUED, 5), entry("b", 2, ACCRUED, 3)
+    LedgerFeed(maxlen=100, all_maxlen=1000).stage(got, chain_state(), [a, b], [])
+    # The same commands as redis-py's own xadd() spells them, field for field.
+    want = StagedCommands()
+    for e in (a, b):
+        want.xadd(names.KEY_FEED + e.beneficiary_id, entry_fields(e), maxlen=100, approximate=True)
+        want.xadd(names.KEY_FEED_ALL, entry_fields(e), maxlen=1000, approximate=True)
+    assert got.commands == want.commands
+    assert [c[1] for c in got.commands] == [
+        names.KEY_FEED + "a",
+        names.KEY_FEED_ALL,
+        names.KEY_FEED + "b",
+        names.KEY_FEED_ALL,
     ]
-    assert p.of("xadd")[0][1]["a"] == 5
+    first = got.commands[0]
+    assert dict(zip(first[6::2], first[7::2], strict=True))["a"] == "5"
 
 
 def test_buckets_are_utc_day_month_quarter() -> None:
