@@ -135,7 +135,7 @@ def test_unknown_action_and_long_ids() -> None:
 
 
 @pytest.mark.parametrize(
-    "key", [None, "", "has space", "slash/es", "k" * 129, "ключ", "semi;colon", "new\nline", "quote\""]
+    "key", [None, "", "has space", "slash/es", "k" * 129, "ключ", "semi;colon", "new\nline", 'quote"']
 )
 def test_bad_idempotency_keys(key: str | None) -> None:
     with pytest.raises(commands.CommandError, match="Idempotency-Key"):
