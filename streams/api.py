@@ -566,6 +566,9 @@ async def _write(
 ) -> Any:
     """The common steps of every POST: key, body, then produce once; answers 202."""
     key = commands.check_key(request.headers.get("Idempotency-Key"))
+    length = request.content_length
+    if length is not None and length > commands.MAX_BODY_BYTES:
+        raise commands.CommandError(f"body is {length} bytes; at most {commands.MAX_BODY_BYTES}")
     body = commands.parse_body(await request.read(), allowed)
 
     async def built() -> commands.Command:

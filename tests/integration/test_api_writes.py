@@ -242,6 +242,7 @@ def test_cross_distributor_and_role_refusals_produce_nothing(api: Client) -> Non
         ({"amount_cents": 5000, "to_account": "mine"}, "K", "unknown field 'to_account'"),
         (b'{"amount_cents": 1e400}', "K", "not JSON"),
         (b"x" * 20_000, "K", "at most"),
+        (b"[" * 3_000_000, "K", "at most"),
     ],
 )
 def test_hostile_withdrawal_requests_are_400_and_claim_nothing(
