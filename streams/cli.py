@@ -309,9 +309,18 @@ def _token(args: argparse.Namespace) -> int:
     if args.ttl <= 0:
         raise CliError(f"--ttl must be a positive number of seconds, got {args.ttl}")
     key = get_settings().token_key.get_secret_value()
-    if key == "dev-only-change-me":
+    if key == auth.DEV_TOKEN_KEY:
         err.print(f"[yellow]warning:[/] {names.ENV_TOKEN_KEY} is not set; this token is signed with the dev key")
-    role, subject = (auth.OPERATOR, None) if args.operator else (auth.DISTRIBUTOR, args.distributor)
+    if args.distributor is not None:
+        if args.subject is not None:
+            raise CliError("--distributor ID already names the subject; drop --subject")
+        role, subject = auth.DISTRIBUTOR, args.distributor
+    elif args.operator or args.role == auth.OPERATOR:
+        role, subject = auth.OPERATOR, args.subject  # the operator's name in the audit of their writes
+    else:
+        if not args.subject:
+            raise CliError("--role distributor needs --subject USER_ID (the distributor's user_id)")
+        role, subject = auth.DISTRIBUTOR, args.subject
     print(auth.issue(key, role, subject, args.ttl))
     return 0
 
@@ -322,6 +331,8 @@ def _add_token_command(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     who = t.add_mutually_exclusive_group(required=True)
     who.add_argument("--distributor", metavar="ID", help="a token that reads only this distributor's data")
     who.add_argument("--operator", action="store_true", help="a token that reads everything")
+    who.add_argument("--role", choices=["operator", "distributor"], help="the token's role (with --subject)")
+    t.add_argument("--subject", help="who the token speaks for: an operator's name (for the audit) or a user_id")
     t.add_argument("--ttl", type=int, default=86400, help="seconds until it expires (default 86400)")
     t.set_defaults(func=_token)
 

@@ -93,3 +93,12 @@ KEY_PJ_SEEN = "fx:{pj}:seen:"  # + UTC day of the event -> set: entry ids, bound
 KEY_PJ_JOURNAL = "fx:{pj}:journal"  # hash (cluster only): seq and commands of the last batch, redone after a crash
 KEY_PJ_SLOT_MARK = "fx:pm:"  # + "{tag}" (cluster only), one per hash slot -> the projector journal seq applied there
 PROJECTOR_SOURCES: tuple[str, ...] = (COMMISSIONS, BINDINGS)
+
+# ---- h-api: the write API (streams/api/routes.py, streams/api/commands.py) and the withdrawal read models it serves.
+# The three withdrawal keys and WITHDRAWAL_STATES are the lead's shared interface (written by the worker, h-v2wire).
+WITHDRAWAL_STATES = "fenxiao.withdrawal-states"  # one record per accepted withdrawal transition, key distributor_id
+KEY_WITHDRAWAL = "fx:w:"  # + withdrawal_id -> hash, field s = JSON state of the withdrawal
+KEY_WITHDRAWAL_QUEUE = "fx:wq"  # zset withdrawal_id -> requested ts ms: open withdrawals (requested or approved)
+KEY_DISTRIBUTOR_WITHDRAWALS = "fx:wu:"  # + distributor_id -> zset withdrawal_id -> requested ts ms
+KEY_IDEMPOTENCY = "fx:idem:"  # + Idempotency-Key -> string JSON {h body hash, id, event_id, topic, key, value, st}; TTL
+KEY_AUDIT = "fx:audit"  # stream: one entry per operator write (who, at, method, path, body, event_id), MAXLEN ~ capped

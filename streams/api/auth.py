@@ -5,12 +5,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import json
 import time
 from dataclasses import dataclass
 
+from streams import names
+
 OPERATOR = "operator"
 DISTRIBUTOR = "distributor"
+DEV_TOKEN_KEY = "dev-only-change-me"  # the public default of FENXIAO_TOKEN_KEY: anyone can mint tokens with it
 
 
 class AuthError(Exception):
@@ -71,3 +75,26 @@ def verify(key: str, token: str | None, now: float | None = None) -> Principal:
     if exp <= (now if now is not None else time.time()):
         raise AuthError("token expired")
     return Principal(role, subject, exp)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listen address is reachable only from this machine (127.0.0.0/8, ::1, localhost)."""
+    name = host.strip().strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False  # a host name (or "" = every interface) may resolve to anything
+
+
+def exposure_problem(web_host: str, key: str) -> str | None:
+    """Why serving the API on web_host with this token key would let anyone mint an operator token, or None."""
+    if key != DEV_TOKEN_KEY or is_loopback(web_host):
+        return None
+    return (
+        f"{names.ENV_WEB_HOST}={web_host!r} serves the API beyond this machine, but {names.ENV_TOKEN_KEY} is the "
+        f"public development key {DEV_TOKEN_KEY!r}: anyone could mint an operator token and move money. "
+        f"Set {names.ENV_TOKEN_KEY} to a long random secret (e.g. `openssl rand -hex 32`), "
+        f"or serve on 127.0.0.1 ({names.ENV_WEB_HOST}=127.0.0.1)."
+    )

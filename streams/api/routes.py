@@ -10,17 +10,19 @@ import contextlib
 import json
 import re
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
 from aiohttp import web as aioweb
+from faust.web import View
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streams import names
-from streams.api import auth
+from streams.api import auth, commands
 from streams.pipeline.app import app
 from streams.settings import get_settings
 from streams.state import redis_conn
@@ -145,7 +147,10 @@ def wrap(fn: Any) -> Any:
 async def me(view: Any, request: Any) -> Any:
     """Who the token speaks for, so the dashboard knows which view to show."""
     p = principal(request)
-    return view.json({"role": p.role, "distributor_id": p.subject, "expires_at": p.expires_at})
+    distributor_id = p.subject if p.role == auth.DISTRIBUTOR else None
+    return view.json(
+        {"role": p.role, "distributor_id": distributor_id, "subject": p.subject, "expires_at": p.expires_at}
+    )
 
 
 @app.page("/api/distributors/{id}")
@@ -436,3 +441,269 @@ async def dashboard(view: Any, request: Any) -> Any:
     js = (WEB_DIR / "dashboard.js").read_text(encoding="utf-8")
     page = html.replace("/*CSS*/", css).replace("/*JS*/", js)
     return view.html(page, headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
+
+
+# ---- the write API: one more producer onto the input topics (the topics stay the system of record) ----------
+
+IDEMPOTENCY_TTL_S = 7 * 86_400
+IN_FLIGHT_MS = 30_000  # a key whose first request is younger than this and not yet acked answers 409 (retry)
+AUDIT_MAXLEN = 100_000
+
+Send = Callable[[str, bytes, bytes], Awaitable[None]]
+
+
+async def produce(topic: str, key: bytes, value: bytes) -> None:
+    """One record through the faust app's producer (acks=all); returns only once the broker acked it."""
+    await app.producer.send_and_wait(topic, key, value, partition=None, timestamp=None, headers=None)
+
+
+sender: Send = produce  # the seam tests replace to see what would be produced
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _answer(rec: dict[str, Any]) -> dict[str, Any]:
+    return {"id": rec["id"], "topic": rec["topic"], "event_id": rec["value"]["event_id"]}
+
+
+async def submit(
+    r: Any,
+    send: Send,
+    who: auth.Principal,
+    method: str,
+    path: str,
+    key: str,
+    body: dict[str, Any],
+    build: Callable[[], Awaitable[commands.Command]],
+) -> dict[str, Any]:
+    """Produce the command once per Idempotency-Key: a repeat answers the first id, another body under it is 409."""
+    h = commands.request_hash(method, path, body)
+    rkey = names.KEY_IDEMPOTENCY + key
+    stored = await r.get(rkey)
+    if stored is None:
+        cmd = await build()
+        rec: dict[str, Any] = {"h": h, "id": cmd.id, "topic": cmd.topic, "key": cmd.key, "value": cmd.value}
+        rec.update(st="pending", at=_now_ms())
+        if await r.set(rkey, json.dumps(rec, ensure_ascii=False), nx=True, ex=IDEMPOTENCY_TTL_S):
+            return await _deliver(r, send, rkey, rec, who, method, path, key, body)
+        stored = await r.get(rkey)  # a concurrent request with the same key won the SET
+        if stored is None:
+            raise ApiError(409, "a request with this Idempotency-Key is in progress; retry it")
+    rec = json.loads(stored)
+    if rec["h"] != h:
+        raise ApiError(409, "this Idempotency-Key was already used for a different request; use a new key")
+    if rec["st"] == "done":
+        return _answer(rec)
+    if _now_ms() - int(rec["at"]) < IN_FLIGHT_MS:
+        raise ApiError(409, "a request with this Idempotency-Key is in progress; retry in a few seconds")
+    # The first attempt died before its ack was recorded: produce the very same record again (same event_id,
+    # so if the broker had it already, the engine takes this one as a redelivery and changes nothing).
+    return await _deliver(r, send, rkey, rec, who, method, path, key, body)
+
+
+async def _deliver(
+    r: Any,
+    send: Send,
+    rkey: str,
+    rec: dict[str, Any],
+    who: auth.Principal,
+    method: str,
+    path: str,
+    key: str,
+    body: dict[str, Any],
+) -> dict[str, Any]:
+    """Send, wait for the broker's ack, then record the operator's write in the audit and mark the key done."""
+    value = json.dumps(rec["value"], separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    try:
+        await send(rec["topic"], rec["key"].encode("utf-8"), value)
+    except Exception as e:
+        # Retryable at once: the next request with this key produces the same stored record.
+        await r.set(rkey, json.dumps({**rec, "at": 0}, ensure_ascii=False), keepttl=True)
+        raise ApiError(503, f"Kafka did not accept the record ({type(e).__name__}); retry with the same key") from e
+    if who.role == auth.OPERATOR:
+        await r.xadd(
+            names.KEY_AUDIT,
+            {
+                "who": who.subject or auth.OPERATOR,
+                "at": _iso(_now_ms()),
+                "method": method,
+                "path": path,
+                "body": commands.canonical(body),
+                "idempotency_key": key,
+                "topic": rec["topic"],
+                "event_id": rec["value"]["event_id"],
+                "result_id": rec["id"],
+            },
+            maxlen=AUDIT_MAXLEN,
+            approximate=True,
+        )
+    await r.set(rkey, json.dumps({**rec, "st": "done"}, ensure_ascii=False), keepttl=True)
+    return _answer(rec)
+
+
+def write(fn: Any) -> Any:
+    """Turn ApiError and CommandError (400) into their JSON responses, so write handlers just raise."""
+
+    async def handler(view: Any, request: Any, **kw: Any) -> Any:
+        try:
+            return await fn(view, request, **kw)
+        except commands.CommandError as e:
+            return error_response(view, ApiError(400, str(e)))
+        except ApiError as e:
+            return error_response(view, e)
+
+    handler.__name__ = fn.__name__
+    handler.__doc__ = fn.__doc__
+    return handler
+
+
+async def _write(
+    view: Any,
+    request: Any,
+    who: auth.Principal,
+    allowed: tuple[str, ...],
+    build: Callable[[str, dict[str, Any]], Awaitable[commands.Command]],
+) -> Any:
+    """The common steps of every POST: key, body, then produce once; answers 202."""
+    key = commands.check_key(request.headers.get("Idempotency-Key"))
+    length = request.content_length
+    if length is not None and length > commands.MAX_BODY_BYTES:
+        raise commands.CommandError(f"body is {length} bytes; at most {commands.MAX_BODY_BYTES}")
+    body = commands.parse_body(await request.read(), allowed)
+
+    async def built() -> commands.Command:
+        return await build(key, body)
+
+    out = await submit(redis(), sender, who, request.method, request.path, key, body, built)
+    return view.json(out, status=202)
+
+
+def _withdrawal_view(raw: str) -> dict[str, Any]:
+    """A stored withdrawal state (fx:w:<id> field s) for the API, with its times also in ISO form."""
+    w: dict[str, Any] = json.loads(raw)
+    w["requested_at"] = _iso(int(w["requested_ts"])) if w.get("requested_ts") is not None else None
+    w["updated_at"] = _iso(int(w["updated_ts"])) if w.get("updated_ts") is not None else None
+    return w
+
+
+async def _withdrawals(ids: list[str]) -> list[dict[str, Any]]:
+    async with redis().pipeline(transaction=False) as p:
+        for wid in ids:
+            p.hget(names.KEY_WITHDRAWAL + wid, "s")
+        states = await p.execute()
+    return [_withdrawal_view(s) for s in states if s]
+
+
+@app.page("/api/distributors/{id}/withdrawals")
+class DistributorWithdrawals(View):
+    """A distributor's withdrawals: GET lists them newest first, POST requests one (withdrawal_id = the key)."""
+
+    @wrap
+    async def get(self, request: Any, id: str) -> Any:
+        """Newest first, from fx:wu:<id> and fx:w:<withdrawal_id>."""
+        require(request, id)
+        limit = _int_param(request, "limit", 50, 1, 500)
+        r = redis()
+        async with r.pipeline(transaction=False) as p:
+            p.zcard(names.KEY_DISTRIBUTOR_WITHDRAWALS + id)
+            p.zrevrange(names.KEY_DISTRIBUTOR_WITHDRAWALS + id, 0, limit - 1)
+            total, ids = await p.execute()
+        return self.json({"distributor_id": id, "total": int(total), "withdrawals": await _withdrawals(ids)})
+
+    @write
+    async def post(self, request: Any, id: str) -> Any:
+        """Request a withdrawal: the distributor's own token, or an operator's on their behalf."""
+        who = principal(request)
+        if not who.may_read(id):
+            raise ApiError(403, "a distributor may only withdraw from their own balance")
+        commands.check_id("distributor id", id)
+
+        async def build(key: str, body: dict[str, Any]) -> commands.Command:
+            return commands.withdrawal_request(key, id, body)
+
+        return await _write(self, request, who, ("amount_cents", "channel"), build)
+
+
+@app.page("/api/operator/withdrawals")
+@wrap
+async def review_queue(view: Any, request: Any) -> Any:
+    """The review queue: requested and approved withdrawals, oldest first (operators)."""
+    require(request, None)
+    limit = _int_param(request, "limit", 100, 1, 500)
+    r = redis()
+    async with r.pipeline(transaction=False) as p:
+        p.zcard(names.KEY_WITHDRAWAL_QUEUE)
+        p.zrange(names.KEY_WITHDRAWAL_QUEUE, 0, limit - 1)
+        total, ids = await p.execute()
+    return view.json({"total": int(total), "withdrawals": await _withdrawals(ids)})
+
+
+@app.page("/api/operator/withdrawals/{withdrawal_id}/{action}")
+class WithdrawalAction(View):
+    """approve, reject, paid or failed: the withdrawals event of that type for a known withdrawal (operators)."""
+
+    @write
+    async def post(self, request: Any, withdrawal_id: str, action: str) -> Any:
+        """The distributor comes from the stored state, so an operator names only the withdrawal."""
+        who = require(request, None)
+        if action not in commands.ACTIONS:
+            raise ApiError(404, f"unknown action {action!r}: use one of {', '.join(commands.ACTIONS)}")
+        commands.check_id("withdrawal id", withdrawal_id)
+
+        async def build(key: str, body: dict[str, Any]) -> commands.Command:
+            raw = await redis().hget(names.KEY_WITHDRAWAL + withdrawal_id, "s")
+            if not raw:
+                raise ApiError(404, f"unknown withdrawal {withdrawal_id} (not requested, or not applied yet)")
+            distributor_id = str(json.loads(raw)["distributor_id"])
+            return commands.withdrawal_transition(key, withdrawal_id, distributor_id, action, body)
+
+        return await _write(self, request, who, ("reason",), build)
+
+
+@app.page("/api/operator/distributors/{id}/status")
+class DistributorStatusView(View):
+    """Approve (active), freeze or revoke a distributor (operators)."""
+
+    @write
+    async def post(self, request: Any, id: str) -> Any:
+        """The status event; the engine dead-letters an unknown user (unknown_user)."""
+        who = require(request, None)
+        commands.check_id("distributor id", id)
+
+        async def build(key: str, body: dict[str, Any]) -> commands.Command:
+            return commands.distributor_status(key, id, body)
+
+        return await _write(self, request, who, ("status", "reason"), build)
+
+
+@app.page("/api/operator/adjustments")
+class Adjustments(View):
+    """A manual credit or debit on a distributor's available balance (operators); adjustment_id = the key."""
+
+    @write
+    async def post(self, request: Any) -> Any:
+        """The adjustment event; the engine refuses a repeated adjustment_id (duplicate_adjustment)."""
+        who = require(request, None)
+
+        async def build(key: str, body: dict[str, Any]) -> commands.Command:
+            return commands.adjustment(key, body)
+
+        return await _write(self, request, who, ("distributor_id", "amount_cents", "reason"), build)
+
+
+@app.page("/api/operator/audit")
+@wrap
+async def audit(view: Any, request: Any) -> Any:
+    """Every operator write, newest first; cursor = the last id of the previous page (exclusive)."""
+    require(request, None)
+    limit = _int_param(request, "limit", 50, 1, 500)
+    cursor = _stream_id(request.query.get("cursor") or None, "cursor must be the next_cursor of a previous page")
+    if cursor == "0-0":
+        rows = []
+    else:
+        rows = await redis().xrevrange(names.KEY_AUDIT, max=f"({cursor}" if cursor else "+", min="-", count=limit + 1)
+    page = rows[:limit]
+    entries = [{"id": sid, **f, "body": json.loads(f.get("body") or "{}")} for sid, f in page]
+    return view.json({"entries": entries, "next_cursor": page[-1][0] if len(rows) > limit else None})

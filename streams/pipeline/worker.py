@@ -31,6 +31,11 @@ async def _redis_answers(url: str) -> bool:
 def run(config_path: str | None, loglevel: str = "info", standby: bool = False, sink: bool = True) -> int:
     """Start the worker in the foreground; returns when it is stopped (SIGINT/SIGTERM)."""
     settings = get_settings()
+    from streams.api.auth import exposure_problem
+
+    exposed = exposure_problem(settings.web_host, settings.token_key.get_secret_value())
+    if exposed:
+        raise WorkerError(exposed)
     path = Path(config_path) if config_path else settings.config
     try:
         program = load(path)

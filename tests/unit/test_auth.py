@@ -60,3 +60,26 @@ def test_error_messages_never_echo_the_token() -> None:
     with pytest.raises(auth.AuthError) as e:
         auth.verify(KEY, t, now=1001)
     assert t not in str(e.value) and t.split(".")[1] not in str(e.value)
+
+
+def test_token_command_names_the_operator_for_the_audit(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from streams import cli, names
+    from streams.settings import get_settings
+
+    monkeypatch.setenv(names.ENV_TOKEN_KEY, KEY)
+    get_settings.cache_clear()
+    try:
+        assert cli.main(["token", "--role", "operator", "--subject", "alice"]) == 0
+        op = auth.verify(KEY, capsys.readouterr().out.strip())
+        assert (op.role, op.subject) == ("operator", "alice")
+        assert cli.main(["token", "--role", "distributor", "--subject", "u9"]) == 0
+        d = auth.verify(KEY, capsys.readouterr().out.strip())
+        assert (d.role, d.subject) == ("distributor", "u9") and not d.may_read("u1")
+        assert cli.main(["token", "--operator"]) == 0
+        assert auth.verify(KEY, capsys.readouterr().out.strip()).subject is None
+        assert cli.main(["token", "--role", "distributor"]) != 0
+        assert "--subject" in capsys.readouterr().err
+    finally:
+        get_settings.cache_clear()
