@@ -321,6 +321,16 @@ def _add_token_command(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     t.set_defaults(func=_token)
 
 
+def _ops(args: argparse.Namespace) -> int:
+    """The operator commands (streams/ops_cli.py): their errors already name the fix."""
+    from streams import ops_cli
+
+    try:
+        return ops_cli.run(args)
+    except ops_cli.OpsError as e:
+        raise CliError(str(e)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """All subcommands and their flags."""
     p = argparse.ArgumentParser(prog="fenxiao", description="Streaming commission engine for distribution programs.")
@@ -367,6 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_demo)
 
     _add_report_commands(sub)
+    from streams import ops_cli
+
+    ops_cli.add_commands(sub)
     return p
 
 
@@ -374,6 +387,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse, dispatch, and turn known failures into one readable line."""
     args = build_parser().parse_args(argv)
     try:
+        if hasattr(args, "ops"):
+            return _ops(args)
         rc: int = args.func(args)
         return rc
     except CliError as e:

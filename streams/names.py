@@ -93,3 +93,7 @@ KEY_PJ_SEEN = "fx:{pj}:seen:"  # + UTC day of the event -> set: entry ids, bound
 KEY_PJ_JOURNAL = "fx:{pj}:journal"  # hash (cluster only): seq and commands of the last batch, redone after a crash
 KEY_PJ_SLOT_MARK = "fx:pm:"  # + "{tag}" (cluster only), one per hash slot -> the projector journal seq applied there
 PROJECTOR_SOURCES: tuple[str, ...] = (COMMISSIONS, BINDINGS)
+
+# Operator CLI (streams/ops_cli.py): where the worker's HTTP API answers, and a ready-made operator token.
+ENV_API_URL = "FENXIAO_API_URL"  # default http://127.0.0.1:$FENXIAO_WEB_PORT
+ENV_TOKEN = "FENXIAO_TOKEN"  # a bearer token; unset: the CLI mints a short-lived operator token from FENXIAO_TOKEN_KEY
