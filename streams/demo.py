@@ -47,6 +47,11 @@ max_total_bps = 2500
 [campaigns.d11.tiers.standard]
 rates_bps = [1300, 500, 200]
 
+[withdrawals]
+min_cents = 100
+fee_bps = 60
+fee_min_cents = 10
+
 [pipeline]
 ordering_grace_seconds = {grace_seconds}
 """
