@@ -203,6 +203,7 @@ def run(users: int, orders: int, duration: float, seed: int, speed: float = 4.0,
         names.ENV_CLICKHOUSE_PATH: str(ch_path),
     }
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C works even when started with `&`
     log_path = demo_dir / "worker.log"
     console.print(f"[bold]3/5[/] starting a worker (log: {log_path})…")
     with open(log_path, "ab") as log:

@@ -80,7 +80,17 @@ class Api:
                 replayed = (response.headers.get(REPLAYED_HEADER) or "").lower() == "true"
                 return Reply(response.status, _json(raw), replayed)
         except urllib.error.HTTPError as e:
-            raise _http_error(e.code, _error_text(e.read()), method, path, key) from None
+            raw = e.read()
+            body = _json(raw)
+            if isinstance(body, dict) and isinstance(body.get("error"), str):
+                raise _http_error(e.code, str(body["error"])[:300], method, path, key) from None
+            if e.code == 404:  # not the API's JSON error: no such endpoint at all
+                raise OpsError(
+                    f"the server at {self.base} has no {method} {path.split('?')[0]} (404): is it a fenxiao worker"
+                    f" with the write API? check {names.ENV_API_URL}"
+                ) from None
+            text = raw[:200].decode("utf-8", "replace").strip()
+            raise _http_error(e.code, text, method, path, key) from None
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
             raise OpsError(
@@ -97,14 +107,6 @@ def _json(raw: bytes) -> Any:
         return None
 
 
-def _error_text(raw: bytes) -> str:
-    """The API's {"error": ...} text, else the start of the body."""
-    body = _json(raw)
-    if isinstance(body, dict) and isinstance(body.get("error"), str):
-        return str(body["error"])[:300]
-    return raw[:200].decode("utf-8", "replace").strip()
-
-
 def _http_error(code: int, message: str, method: str, path: str, key: str | None) -> OpsError:
     """An HTTP error as a sentence that names the fix."""
     said = f": {message}" if message else ""
@@ -119,11 +121,6 @@ def _http_error(code: int, message: str, method: str, path: str, key: str | None
             f" or unset it to mint one from {names.ENV_TOKEN_KEY}"
         )
     if code == 404:
-        if not message:
-            return OpsError(
-                f"the API has no {method} {path} (404): is the worker at this address a fenxiao worker"
-                f" with the write API? check {names.ENV_API_URL}"
-            )
         return OpsError(f"not found (404{said}): check the id (`fenxiao withdrawals list` shows open withdrawals)")
     if code == 409:
         return OpsError(
@@ -240,7 +237,7 @@ def list_withdrawals(api: Api, status: str | None, distributor: str | None, cons
         ("requested", "left"),
         ("updated", "left"),
     ):
-        table.add_column(label, justify=justify)  # type: ignore[arg-type]
+        table.add_column(label, justify=justify, overflow="fold")  # type: ignore[arg-type]
     for w in rows:
         table.add_row(
             str(w.get("withdrawal_id", "")),
@@ -431,7 +428,7 @@ def issue_awards(
         ("adjustment_id", "left"),
         ("result", "left"),
     ):
-        table.add_column(label, justify=justify)  # type: ignore[arg-type]
+        table.add_column(label, justify=justify, overflow="fold")  # type: ignore[arg-type]
     for award, result in zip(awards, results, strict=True):
         score = _yuan(award.score)
         table.add_row(
@@ -514,6 +511,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 def run(args: argparse.Namespace) -> int:
     """Dispatch one operator command (flags checked before any request is sent)."""
-    console = Console(soft_wrap=False)
+    console = Console()
+    if not console.is_terminal:
+        console.width = max(console.width, 160)  # a pipe or a log: ids must not be cut at rich's default 80 columns
     rc: int = args.ops(args, api_from_args(args), console)
     return rc
