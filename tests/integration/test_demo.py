@@ -36,10 +36,16 @@ def _env(tmp_path: Path) -> dict[str, str]:
     }
 
 
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def test_the_demo_stays_up_after_the_replay_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     env = _env(tmp_path)
     cmd = [sys.executable, "-m", "streams.cli", "demo", "--users", "60", "--orders", "150", "--duration", "4"]
-    demo = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    demo = subprocess.Popen(  # SIGINT ignored, as for `make run &` in a script: Ctrl-C must still stop it
+        cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=_ignore_sigint
+    )
     lines: list[str] = []
     try:
         assert demo.stdout is not None

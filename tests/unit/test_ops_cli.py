@@ -63,6 +63,7 @@ class Stub:
     keys: dict[str, tuple[str, str]] = field(default_factory=dict)
     board: list[dict[str, Any]] = field(default_factory=list)
     writes: list[tuple[str, Any]] = field(default_factory=list)  # what the API would have produced
+    old_worker: bool = False  # a worker without the write API: aiohttp's plain-text 404 for every write path
 
     def posts(self) -> list[Seen]:
         return [r for r in self.requests if r.method == "POST"]
@@ -79,6 +80,8 @@ class Stub:
             return web.json_response({"error": str(e)}, status=401)
         if principal.role != auth.OPERATOR:
             return web.json_response({"error": "operators only"}, status=403)
+        if self.old_worker and request.path.startswith("/api/operator/"):
+            return web.Response(text="404: Not Found", status=404)
         parts = request.path.strip("/").split("/")
         if request.method == "GET":
             if request.path == "/api/operator/withdrawals":
@@ -396,3 +399,13 @@ def test_the_default_api_is_the_local_web_port(monkeypatch: pytest.MonkeyPatch) 
         assert ops_cli.api_from_args(argparse.Namespace(api="http://10.0.0.5:80")).base == "http://10.0.0.5:80"
     finally:
         get_settings.cache_clear()
+
+
+def test_a_worker_without_the_write_api_is_not_mistaken_for_an_unknown_id(
+    stub: Stub, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stub.old_worker = True
+    assert run("withdrawals", "approve", "wd-1") == 2
+    err = capsys.readouterr().err
+    assert "has no POST /api/operator/withdrawals/wd-1/approve (404)" in err and names.ENV_API_URL in err
+    assert "check the id" not in err
