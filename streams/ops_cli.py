@@ -43,6 +43,14 @@ class OpsError(Exception):
     """A one-line error that names the fix."""
 
 
+class HttpError(OpsError):
+    """The API answered with an error status; `code` lets a caller treat one status (a 409) on its own."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 # --- the HTTP client ------------------------------------------------------------------------------------------------
 
 
@@ -85,9 +93,10 @@ class Api:
             if isinstance(body, dict) and isinstance(body.get("error"), str):
                 raise _http_error(e.code, str(body["error"])[:300], method, path, key) from None
             if e.code == 404:  # not the API's JSON error: no such endpoint at all
-                raise OpsError(
+                raise HttpError(
+                    404,
                     f"the server at {self.base} has no {method} {path.split('?')[0]} (404): is it a fenxiao worker"
-                    f" with the write API? check {names.ENV_API_URL}"
+                    f" with the write API? check {names.ENV_API_URL}",
                 ) from None
             text = raw[:200].decode("utf-8", "replace").strip()
             raise _http_error(e.code, text, method, path, key) from None
@@ -95,7 +104,7 @@ class Api:
             reason = getattr(e, "reason", e)
             raise OpsError(
                 f"cannot reach the API at {self.base} ({reason}): is `fenxiao worker` running?"
-                f" set {names.ENV_API_URL} (or --api) to its address"
+                f" set {names.ENV_API_URL} (or --api) to its address; repeating a write that timed out is safe"
             ) from None
 
 
@@ -107,29 +116,34 @@ def _json(raw: bytes) -> Any:
         return None
 
 
-def _http_error(code: int, message: str, method: str, path: str, key: str | None) -> OpsError:
+def _http_error(code: int, message: str, method: str, path: str, key: str | None) -> HttpError:
     """An HTTP error as a sentence that names the fix."""
+    return HttpError(code, _sentence(code, message, method, path, key))
+
+
+def _sentence(code: int, message: str, method: str, path: str, key: str | None) -> str:
+    """What went wrong and what to do, per status."""
     said = f": {message}" if message else ""
     if code == 401:
-        return OpsError(
+        return (
             f"the API refused the token (401{said}): set {names.ENV_TOKEN} to an operator token"
             f" (`fenxiao token --operator`), or {names.ENV_TOKEN_KEY} to the worker's key"
         )
     if code == 403:
-        return OpsError(
+        return (
             f"the token may not do this (403{said}): use an operator token in {names.ENV_TOKEN},"
             f" or unset it to mint one from {names.ENV_TOKEN_KEY}"
         )
     if code == 404:
-        return OpsError(f"not found (404{said}): check the id (`fenxiao withdrawals list` shows open withdrawals)")
+        return f"not found (404{said}): check the id (`fenxiao withdrawals list` shows open withdrawals)"
     if code == 409:
-        return OpsError(
+        return (
             f"the Idempotency-Key {key} was already used for another request (409{said}): the same command was"
             " run before with different values; repeat it exactly as the first time (same --reason) or leave it"
         )
     if code == 400:
-        return OpsError(f"the API refused the request (400{said})")
-    return OpsError(f"the API failed {method} {path} ({code}{said}); see the worker's log")
+        return f"the API refused the request (400{said})"
+    return f"the API failed {method} {path} ({code}{said}); see the worker's log"
 
 
 def idempotency_key(*parts: str) -> str:
@@ -412,8 +426,8 @@ def issue_awards(
             continue
         try:
             reply = api.call("POST", "/api/operator/adjustments", award.body(period, metric), award.adjustment_id)
-        except OpsError as e:
-            if "(409" not in str(e):
+        except HttpError as e:
+            if e.code != 409:
                 raise
             conflicts += 1
             results.append("CONFLICT: issued earlier with other values")
