@@ -328,7 +328,7 @@ def _ops(args: argparse.Namespace) -> int:
     try:
         return ops_cli.run(args)
     except ops_cli.OpsError as e:
-        raise CliError(str(e)) from None
+        raise CliError(escape(str(e))) from None  # the API's text is data, never rich markup
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -85,8 +85,11 @@ class Api:
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                 raw = response.read()
-                replayed = (response.headers.get(REPLAYED_HEADER) or "").lower() == "true"
-                return Reply(response.status, _json(raw), replayed)
+                body = _json(raw)
+                replayed = (response.headers.get(REPLAYED_HEADER) or "").lower() == "true" or (
+                    isinstance(body, dict) and body.get("replayed") is True
+                )
+                return Reply(response.status, body, replayed)
         except urllib.error.HTTPError as e:
             raw = e.read()
             body = _json(raw)

@@ -80,6 +80,8 @@ class Stub:
             return web.json_response({"error": str(e)}, status=401)
         if principal.role != auth.OPERATOR:
             return web.json_response({"error": "operators only"}, status=403)
+        if request.path == "/api/operator/distributors/u-bad/status":
+            return web.json_response({"error": "status must be one of [active, frozen] [/x]"}, status=400)
         if self.old_worker and request.path.startswith("/api/operator/"):
             return web.Response(text="404: Not Found", status=404)
         parts = request.path.strip("/").split("/")
@@ -409,3 +411,8 @@ def test_a_worker_without_the_write_api_is_not_mistaken_for_an_unknown_id(
     err = capsys.readouterr().err
     assert "has no POST /api/operator/withdrawals/wd-1/approve (404)" in err and names.ENV_API_URL in err
     assert "check the id" not in err
+
+
+def test_the_api_error_text_is_shown_as_is_even_with_brackets(stub: Stub, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("distributors", "set-status", "u-bad", "frozen") == 2
+    assert "400: status must be one of [active, frozen] [/x]" in capsys.readouterr().err
