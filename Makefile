@@ -51,7 +51,7 @@ deps: venv ## install redis-server and chromium (apt) if missing, check Java 17 
 	@command -v mvn >/dev/null || { echo "mvn not found: it fetches the Kafka jars once (apt-get install -y maven)"; exit 1; }
 	@$(BIN)/python -c 'import sys; from streams import stack; sys.exit(stack.deps_command())'
 
-run: venv deps ## run the demo (fenxiao demo)
+run: venv deps ## run the demo (fenxiao demo): a live flash sale, then the dashboard stays up until Ctrl-C
 	$(BIN)/fenxiao demo
 
 test: venv deps lint ## lint, then all tests (integration tests start their own private Kafka and Redis)

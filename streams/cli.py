@@ -148,7 +148,7 @@ def _demo(args: argparse.Namespace) -> int:
     from streams.ops import demo
 
     try:
-        return demo.run(args.users, args.orders, args.duration, args.seed, args.speed)
+        return demo.run(args.users, args.orders, args.duration, args.seed, args.speed, args.exit_when_done)
     except demo.DemoError as e:
         raise CliError(str(e)) from e
 
@@ -337,6 +337,16 @@ def _add_token_command(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     t.set_defaults(func=_token)
 
 
+def _ops(args: argparse.Namespace) -> int:
+    """The operator commands (streams/ops/operator_cli.py): their errors already name the fix."""
+    from streams.ops import operator_cli as ops_cli
+
+    try:
+        return ops_cli.run(args)
+    except ops_cli.OpsError as e:
+        raise CliError(escape(str(e))) from None  # the API's text is data, never rich markup
+
+
 def build_parser() -> argparse.ArgumentParser:
     """All subcommands and their flags."""
     p = argparse.ArgumentParser(prog="fenxiao", description="Streaming commission engine for distribution programs.")
@@ -374,15 +384,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_replay_commands(sub)
     _add_token_command(sub)
 
-    d = sub.add_parser("demo", help="local stack + worker + a generated flash sale, live, then a report")
+    d = sub.add_parser("demo", help="stack + worker + a generated flash sale, live, a report; stays up until Ctrl-C")
     d.add_argument("--users", type=_count, default=3000, help="users in the referral forest (default 3000)")
     d.add_argument("--orders", type=_count, default=20000, help="orders in the sale (default 20000)")
     d.add_argument("--duration", type=_positive, default=60.0, help="seconds of sale, replayed in real time")
     d.add_argument("--seed", type=int, default=11, help="generator seed")
     d.add_argument("--speed", type=_positive, default=4.0, help="replay speed against the events' ts (default 4x)")
+    d.add_argument(
+        "--exit-when-done",
+        action="store_true",
+        help="stop the worker and exit after the report (scripts, tests); by default it stays up until Ctrl-C",
+    )
     d.set_defaults(func=_demo)
 
     _add_report_commands(sub)
+    from streams.ops import operator_cli as ops_cli
+
+    ops_cli.add_commands(sub)
     return p
 
 
@@ -390,6 +408,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse, dispatch, and turn known failures into one readable line."""
     args = build_parser().parse_args(argv)
     try:
+        if hasattr(args, "ops"):
+            return _ops(args)
         rc: int = args.func(args)
         return rc
     except CliError as e:

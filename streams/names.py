@@ -102,3 +102,7 @@ KEY_WITHDRAWAL_QUEUE = "fx:wq"  # zset withdrawal_id -> requested ts ms: open wi
 KEY_DISTRIBUTOR_WITHDRAWALS = "fx:wu:"  # + distributor_id -> zset withdrawal_id -> requested ts ms
 KEY_IDEMPOTENCY = "fx:idem:"  # + Idempotency-Key -> string JSON {h body hash, id, event_id, topic, key, value, st}; TTL
 KEY_AUDIT = "fx:audit"  # stream: one entry per operator write (who, at, method, path, body, event_id), MAXLEN ~ capped
+
+# Operator CLI (streams/ops/operator_cli.py): where the worker's HTTP API answers, and a ready-made operator token.
+ENV_API_URL = "FENXIAO_API_URL"  # default http://127.0.0.1:$FENXIAO_WEB_PORT
+ENV_TOKEN = "FENXIAO_TOKEN"  # a bearer token; unset: the CLI mints a short-lived operator token from FENXIAO_TOKEN_KEY
