@@ -464,8 +464,9 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _answer(rec: dict[str, Any]) -> dict[str, Any]:
-    return {"id": rec["id"], "topic": rec["topic"], "event_id": rec["value"]["event_id"]}
+def _answer(rec: dict[str, Any], replayed: bool = False) -> dict[str, Any]:
+    """The 202 body; `replayed` says the key's request was produced earlier and nothing new was (the CLI shows it)."""
+    return {"id": rec["id"], "topic": rec["topic"], "event_id": rec["value"]["event_id"], "replayed": replayed}
 
 
 async def submit(
@@ -495,7 +496,7 @@ async def submit(
     if rec["h"] != h:
         raise ApiError(409, "this Idempotency-Key was already used for a different request; use a new key")
     if rec["st"] == "done":
-        return _answer(rec)
+        return _answer(rec, replayed=True)
     if _now_ms() - int(rec["at"]) < IN_FLIGHT_MS:
         raise ApiError(409, "a request with this Idempotency-Key is in progress; retry in a few seconds")
     # The first attempt died before its ack was recorded: produce the very same record again (same event_id,

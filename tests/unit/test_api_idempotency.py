@@ -94,7 +94,8 @@ def status_of(fn: Any) -> int:
 def test_a_repeat_produces_nothing_and_another_body_is_409(redis_url: str) -> None:
     broker = Broker()
     first = run(redis_url, broker, U1, "k-repeat", BODY)
-    assert run(redis_url, broker, U1, "k-repeat", dict(reversed(BODY.items()))) == first
+    assert first["replayed"] is False
+    assert run(redis_url, broker, U1, "k-repeat", dict(reversed(BODY.items()))) == {**first, "replayed": True}
     assert status_of(lambda: run(redis_url, broker, U1, "k-repeat", {**BODY, "amount_cents": 1})) == 409
     assert [(t, k) for t, k, _ in broker.sent] == [(names.WITHDRAWALS, b"u1")]
     r = redis_lib.Redis.from_url(redis_url)
@@ -151,7 +152,7 @@ def test_an_attempt_that_died_before_its_ack_is_redone_with_the_same_record(redi
     r.set(names.KEY_IDEMPOTENCY + "k-crash", json.dumps({**pending, "at": pending["at"] - 31_000}), ex=3600)
     out = run(redis_url, broker, U1, "k-crash", BODY)
     assert broker.sent == [(names.WITHDRAWALS, b"u1", cmd.value)], "the stored record, ts and all"
-    assert out == {"id": "k-crash", "topic": names.WITHDRAWALS, "event_id": cmd.event_id}
+    assert out == {"id": "k-crash", "topic": names.WITHDRAWALS, "event_id": cmd.event_id, "replayed": False}
     run(redis_url, broker, U1, "k-crash", BODY)
     assert len(broker.sent) == 1
 
