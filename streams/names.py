@@ -93,3 +93,11 @@ KEY_PJ_SEEN = "fx:{pj}:seen:"  # + UTC day of the event -> set: entry ids, bound
 KEY_PJ_JOURNAL = "fx:{pj}:journal"  # hash (cluster only): seq and commands of the last batch, redone after a crash
 KEY_PJ_SLOT_MARK = "fx:pm:"  # + "{tag}" (cluster only), one per hash slot -> the projector journal seq applied there
 PROJECTOR_SOURCES: tuple[str, ...] = (COMMISSIONS, BINDINGS)
+
+# Webhooks (streams/webhooks.py, in the `fenxiao sink` process; docs/webhooks.md).
+WITHDRAWAL_STATES = "fenxiao.withdrawal-states"  # the worker's withdrawal transitions (shared with h-v2wire)
+WEBHOOK_SOURCES: tuple[str, ...] = (COMMISSIONS, WITHDRAWAL_STATES)
+WEBHOOK_GROUP_SUFFIX = ".webhooks"  # the deliverer's consumer group: <app id>.webhooks
+ENV_WEBHOOK_SECRET = "FENXIAO_WEBHOOK_SECRET"  # default [webhooks] secret_env: the HMAC signing secret
+KEY_WEBHOOK_FAILED = "fx:wh:failed"  # stream: deliveries given up after max_attempts (url, id, reason, body), capped
+KEY_WEBHOOK_STATUS = "fx:wh:status"  # hash: field s = the deliverer's status JSON, read by the worker's /status

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from streams import api, runtime, sink_process
+from streams import api, runtime, sink_process, webhooks
 from streams.app import app
 
 
@@ -22,4 +22,5 @@ async def status(web: Any, request: Any) -> Any:
     except api.ApiError as e:
         return api.error_response(web, e)
     rt = runtime.get()
-    return web.json({**rt.sequencer.status(), **sink_process.worker_status()})
+    hooks = None if rt.program.webhooks is None else await webhooks.read_status(api.redis())
+    return web.json({**rt.sequencer.status(), **sink_process.worker_status(), "webhooks": hooks})

@@ -36,6 +36,13 @@ def run(config_path: str | None, loglevel: str = "info", standby: bool = False, 
         program = load(path)
     except ConfigError as e:
         raise WorkerError(str(e)) from e
+    if program.webhooks is not None:  # refuse at start what the sink's deliverer could not run with
+        from streams import webhooks
+
+        try:
+            webhooks.secret_of(program.webhooks)
+        except webhooks.WebhookError as e:
+            raise WorkerError(f"{path}: {e}") from e
     from streams import stack
 
     if not stack.kafka_answers(settings.kafka, timeout=5.0):
