@@ -599,3 +599,47 @@ async def failures(redis: Any, count: int = 100) -> list[Failure]:
     """The oldest `count` given-up deliveries."""
     rows = await redis.xrange(names.KEY_WEBHOOK_FAILED, count=count)
     return [Failure(sid, dict(f)) for sid, f in rows]
+
+
+@dataclass
+class Redelivered:
+    """What `fenxiao webhooks redeliver` did: sent (2xx, removed from the failed list), failed again, skipped."""
+
+    sent: int = 0
+    failed: int = 0
+    skipped: int = 0
+    reasons: list[str] = field(default_factory=list)
+
+
+async def redeliver(redis_url: str, rules: WebhooksSection, secret: str, only: str | None, limit: int) -> Redelivered:
+    """POST failed deliveries once more (fresh signature, same body and id); a 2xx removes them from the list.
+
+    Rows whose URL is no longer in [webhooks] (or not `only`, a URL as /status shows it) are skipped.
+    """
+    redis = redis_conn.connect_async(redis_url, decode_responses=True)
+    out = Redelivered()
+    d = Deliverer("", "", redis_url, rules.model_copy(update={"max_attempts": 1}), secret)
+    by_name = {ep.name: ep for ep in d.endpoints}
+    try:
+        for ep in d.endpoints:
+            await ep.open()
+        for row in await failures(redis, limit):
+            target = by_name.get(row.fields.get("url", ""))
+            body = row.fields.get("body", "")
+            if target is None or not body or (only is not None and target.name != only):
+                out.skipped += 1
+                continue
+            ev = Event(row.fields["id"], row.fields.get("type", ""), body.encode())
+            reason = await target.attempt(ev, int(row.fields.get("attempts", "0") or 0) + 1)
+            if reason:
+                out.failed += 1
+                out.reasons.append(f"{ev.id} to {target.name}: {reason}")
+            else:
+                await redis.xdel(names.KEY_WEBHOOK_FAILED, row.stream_id)
+                out.sent += 1
+    finally:
+        for ep in d.endpoints:
+            await ep.close()
+        await d.close()
+        await redis.aclose()
+    return out

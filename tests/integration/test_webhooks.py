@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -228,6 +231,23 @@ def test_worker_example_reaches_a_receiver_once_per_id_while_a_dead_one_ends_in_
     assert asyncio.run(
         committed_equals_end(pipe.stack.bootstrap, pipe.env["FENXIAO_APP_ID"] + ".webhooks", (names.COMMISSIONS,))
     )
+
+    # The operator lists the failures, fixes the receiver and sends them again: once each, then the list is empty.
+    cli_env = {**os.environ, **pipe.env, "SHOP_HOOK_SECRET": SECRET}
+    listed = cli(["webhooks", "failed", "--limit", "100000"], cli_env)
+    assert listed.returncode == 0 and len(listed.stdout.splitlines()) == len(rows)
+    dead.mode, before = "ok", len(dead.got)
+    sent = cli(["webhooks", "redeliver", "--config", str(config), "--limit", "100000"], cli_env)
+    assert sent.returncode == 0, sent.stderr
+    assert sent.stdout.strip() == f"redelivered {len(rows)}, still failing 0, skipped 0"
+    assert Counter(i for i, _, _ in dead.got[before:]) == Counter(r["id"] for r in rows)
+    assert dead.bad == [] and failed_rows(pipe.stack.redis_url) == []
+
+
+def cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`fenxiao ...` in its own process."""
+    cmd = [sys.executable, "-m", "streams.cli", *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, check=False)
 
 
 def entries(n: int) -> list[dict[str, Any]]:
