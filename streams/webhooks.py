@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
+
 from streams import names, redis_conn
 from streams.config import WebhooksSection
 
@@ -442,12 +444,9 @@ class Deliverer:
 
     async def run(self, stopping: asyncio.Event | None = None) -> None:
         """Deliver until stop() (or `stopping`); raises on a broker failure, which the caller restarts."""
-        from aiokafka import AIOKafkaConsumer
-
         self._stopping.clear()
         watcher = asyncio.create_task(self._follow(stopping)) if stopping is not None else None
         consumer = AIOKafkaConsumer(
-            *names.WEBHOOK_SOURCES,
             bootstrap_servers=self.bootstrap,
             group_id=self.group_id,
             enable_auto_commit=False,
@@ -462,6 +461,7 @@ class Deliverer:
                 await ep.open()
                 senders += [asyncio.create_task(ep.send()) for _ in range(self.rules.concurrency)]
             await consumer.start()
+            consumer.subscribe(names.WEBHOOK_SOURCES, listener=_Rebalance(self, consumer))
             self.state = "running"
             await self._loop(consumer)
         finally:
@@ -500,7 +500,6 @@ class Deliverer:
                 for tp, records in got.items():
                     for r in records:
                         await self._fan_out(tp, r)
-            self.tracker.forget([tp for tp in list(self.tracker.parts) if tp not in consumer.assignment()])
             await self._commit(consumer)
             self.lag = await self._lag(consumer)
             if time.monotonic() - published >= STATUS_EVERY_S:
@@ -557,6 +556,21 @@ class Deliverer:
     async def close(self) -> None:
         """Close the Redis client."""
         await self.redis.aclose()
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships no types
+    """Commit what is finished before partitions go, and forget their records (their next owner re-reads them)."""
+
+    def __init__(self, deliverer: Deliverer, consumer: Any) -> None:
+        self.deliverer, self.consumer = deliverer, consumer
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        """Called by aiokafka before a rebalance takes partitions away."""
+        await self.deliverer._commit(self.consumer)
+        self.deliverer.tracker.forget(list(revoked))
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        """Nothing to do: a partition's records are read from its committed offset."""
 
 
 def from_settings(settings: Any, rules: WebhooksSection, environ: Mapping[str, str] = os.environ) -> Deliverer:
