@@ -242,9 +242,6 @@ class UrlStats:
     last_error_ms: int | None = None
 
 
-Post = Callable[[str, bytes, Mapping[str, str], float], Any]
-
-
 class Endpoint:
     """One URL: a bounded queue, `concurrency` senders, retries with backoff, and a breaker while it is down.
 
@@ -462,8 +459,11 @@ class Deliverer:
                 senders += [asyncio.create_task(ep.send()) for _ in range(self.rules.concurrency)]
             await consumer.start()
             consumer.subscribe(names.WEBHOOK_SOURCES, listener=_Rebalance(self, consumer))
-            self.state = "running"
+            self.state, self.error = "running", None
             await self._loop(consumer)
+        except Exception as e:
+            self.error = f"{type(e).__name__}: {e}"[:300]  # the sink process logs it and starts the loop again
+            raise
         finally:
             self.state = "stopped"
             for t in senders:
