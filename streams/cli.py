@@ -352,10 +352,10 @@ def _webhooks(args: argparse.Namespace) -> int:
         rules = config.load(path).webhooks
         if rules is None:
             raise CliError(f"{path} has no [webhooks] section: nothing to redeliver to")
-        secret = webhooks.secret_of(rules)
+        secret, previous = webhooks.secret_of(rules), webhooks.previous_secret_of(rules)
     except (config.ConfigError, webhooks.WebhookError) as e:
         raise CliError(str(e)) from e
-    done = asyncio.run(webhooks.redeliver(redis_url, rules, secret, args.url, args.limit))
+    done = asyncio.run(webhooks.redeliver(redis_url, rules, secret, args.url, args.limit, previous))
     for reason in done.reasons[:20]:
         err.print(f"[yellow]still failing:[/] {escape(reason)}")
     print(f"redelivered {done.sent}, still failing {done.failed}, skipped {done.skipped}")

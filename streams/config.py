@@ -113,6 +113,7 @@ class WebhooksSection(_Strict):
 
     urls: list[str] = Field(min_length=1, max_length=20)
     secret_env: str = Field(default=names.ENV_WEBHOOK_SECRET, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=128)
+    previous_secret_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=128)
     timeout_ms: Annotated[int, Field(ge=100, le=120_000, strict=True)] = 5000
     max_attempts: Annotated[int, Field(ge=1, le=50, strict=True)] = 8
     backoff_initial_ms: Annotated[int, Field(ge=1, le=3_600_000, strict=True)] = 1000
@@ -136,6 +137,8 @@ class WebhooksSection(_Strict):
                 raise ValueError(f"urls.{i}: {url!r} must be an http:// or https:// URL with a host")
             if url in self.urls[:i]:
                 raise ValueError(f"urls.{i}: {url!r} is listed twice")
+        if self.previous_secret_env == self.secret_env:
+            raise ValueError(f"previous_secret_env: names the same variable as secret_env ({self.secret_env})")
         if self.backoff_max_ms < self.backoff_initial_ms:
             raise ValueError(
                 f"backoff_max_ms: {self.backoff_max_ms} is below backoff_initial_ms = {self.backoff_initial_ms}"

@@ -64,9 +64,10 @@ def sign(secret: str, t: int, body: bytes) -> str:
     return hmac.new(secret.encode(), str(t).encode() + b"." + body, hashlib.sha256).hexdigest()
 
 
-def signature_header(secret: str, body: bytes, t: int) -> str:
-    """The Fenxiao-Signature value for a body sent at unix time t."""
-    return f"t={t},v1={sign(secret, t, body)}"
+def signature_header(secret: str, body: bytes, t: int, previous: str | None = None) -> str:
+    """The Fenxiao-Signature value for a body sent at unix time t; during a rotation, a v1 per secret."""
+    v1 = "".join(f",v1={sign(s, t, body)}" for s in (secret, previous) if s is not None)
+    return f"t={t}{v1}"
 
 
 def parse_header(header: str) -> tuple[int, list[str]]:
@@ -161,14 +162,25 @@ def redact(url: str) -> str:
     return f"{p.scheme}://{host}{port}{p.path}"
 
 
+def _secret(key: str, variable: str, environ: Mapping[str, str]) -> str:
+    value = environ.get(variable, "")
+    if not value:
+        raise WebhookError(f"webhooks.{key}: {variable} is not set (the secret that signs webhooks)")
+    if len(value) < MIN_SECRET_CHARS:
+        raise WebhookError(f"webhooks.{key}: {variable} is shorter than {MIN_SECRET_CHARS} characters")
+    return value
+
+
 def secret_of(rules: WebhooksSection, environ: Mapping[str, str] = os.environ) -> str:
     """The signing secret from the variable secret_env names; a missing or short one names the variable."""
-    value = environ.get(rules.secret_env, "")
-    if not value:
-        raise WebhookError(f"webhooks.secret_env: {rules.secret_env} is not set (the secret that signs webhooks)")
-    if len(value) < MIN_SECRET_CHARS:
-        raise WebhookError(f"webhooks.secret_env: {rules.secret_env} is shorter than {MIN_SECRET_CHARS} characters")
-    return value
+    return _secret("secret_env", rules.secret_env, environ)
+
+
+def previous_secret_of(rules: WebhooksSection, environ: Mapping[str, str] = os.environ) -> str | None:
+    """During a rotation, the old secret (previous_secret_env), also signed with until receivers have the new one."""
+    if rules.previous_secret_env is None:
+        return None
+    return _secret("previous_secret_env", rules.previous_secret_env, environ)
 
 
 # ---------------------------------------------------------------- delivery
@@ -323,7 +335,7 @@ class Endpoint:
         headers = {
             "Content-Type": "application/json",
             "User-Agent": USER_AGENT,
-            SIGNATURE_HEADER: signature_header(self.deliverer.secret, ev.body, t),
+            SIGNATURE_HEADER: signature_header(self.deliverer.secret, ev.body, t, self.deliverer.previous_secret),
             EVENT_ID_HEADER: ev.id,
             ATTEMPT_HEADER: str(attempt),
         }
@@ -365,8 +377,10 @@ class Deliverer:
         secret: str,
         clock: Callable[[], float] = time.time,
         rng: Callable[[], float] = random.random,
+        previous_secret: str | None = None,
     ) -> None:
         self.bootstrap, self.group_id, self.rules, self.secret = bootstrap, group_id, rules, secret
+        self.previous_secret = previous_secret
         self.clock, self.rng = clock, rng
         self.redis: Any = redis_conn.connect_async(redis_url, decode_responses=True)
         self.endpoints = [Endpoint(u, rules, self) for u in rules.urls]
@@ -581,6 +595,7 @@ def from_settings(settings: Any, rules: WebhooksSection, environ: Mapping[str, s
         settings.redis_url.get_secret_value(),
         rules,
         secret_of(rules, environ),
+        previous_secret=previous_secret_of(rules, environ),
     )
 
 
@@ -625,14 +640,16 @@ class Redelivered:
     reasons: list[str] = field(default_factory=list)
 
 
-async def redeliver(redis_url: str, rules: WebhooksSection, secret: str, only: str | None, limit: int) -> Redelivered:
+async def redeliver(
+    redis_url: str, rules: WebhooksSection, secret: str, only: str | None, limit: int, previous: str | None = None
+) -> Redelivered:
     """POST failed deliveries once more (fresh signature, same body and id); a 2xx removes them from the list.
 
     Rows whose URL is no longer in [webhooks] (or not `only`, a URL as /status shows it) are skipped.
     """
     redis = redis_conn.connect_async(redis_url, decode_responses=True)
     out = Redelivered()
-    d = Deliverer("", "", redis_url, rules.model_copy(update={"max_attempts": 1}), secret)
+    d = Deliverer("", "", redis_url, rules.model_copy(update={"max_attempts": 1}), secret, previous_secret=previous)
     by_name = {ep.name: ep for ep in d.endpoints}
     try:
         for ep in d.endpoints:

@@ -41,6 +41,7 @@ def run(config_path: str | None, loglevel: str = "info", standby: bool = False, 
 
         try:
             webhooks.secret_of(program.webhooks)
+            webhooks.previous_secret_of(program.webhooks)
         except webhooks.WebhookError as e:
             raise WorkerError(f"{path}: {e}") from e
     from streams import stack

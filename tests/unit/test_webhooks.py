@@ -43,6 +43,11 @@ def test_verify_accepts_the_signed_body_and_returns_its_timestamp() -> None:
     assert webhooks.verify(SECRET, f"t={T},v1={OPENSSL_V1}", BODY, tolerance_s=300, now=T + 299) == T
 
 
+def test_during_a_rotation_the_header_carries_a_v1_per_secret_both_from_openssl() -> None:
+    header = webhooks.signature_header(SECRET, BODY, T, previous="another-secret-9876543210")
+    assert header == f"t={T},v1={OPENSSL_V1},v1={OTHER_V1}"
+
+
 def test_verify_accepts_any_matching_v1_so_a_secret_can_be_rotated() -> None:
     header = f"t={T},v1={OTHER_V1},v0=ignored,v1={OPENSSL_V1}"
     assert webhooks.verify(SECRET, header, BODY, now=T) == T
@@ -149,6 +154,10 @@ def test_no_webhooks_section_means_none() -> None:
         ('urls = ["http://a/"]\nstart = "now"', "webhooks.start: Input should be 'earliest' or 'latest'"),
         ('urls = ["http://a/"]\nsecret_env = "MY SECRET"', "webhooks.secret_env: String should match pattern"),
         ('urls = ["http://a/"]\nsecret = "inline"', "webhooks.secret: unknown key"),
+        (
+            'urls = ["http://a/"]\nsecret_env = "A"\nprevious_secret_env = "A"',
+            "webhooks: previous_secret_env: names the same variable as secret_env (A)",
+        ),
     ],
 )
 def test_webhooks_config_errors_name_the_key(section: str, why: str) -> None:
@@ -164,6 +173,14 @@ def test_secret_comes_from_the_named_variable_and_must_be_long_enough() -> None:
         webhooks.secret_of(r, {names.ENV_WEBHOOK_SECRET: "x" * 32})
     with pytest.raises(webhooks.WebhookError, match="SHOP_HOOK_SECRET is shorter than 16 characters"):
         webhooks.secret_of(r, {"SHOP_HOOK_SECRET": "s" * 15})
+
+
+def test_the_previous_secret_is_optional_but_when_named_must_be_set() -> None:
+    assert webhooks.previous_secret_of(rules(), {}) is None
+    r = rules(previous_secret_env="OLD_HOOK_SECRET")
+    assert webhooks.previous_secret_of(r, {"OLD_HOOK_SECRET": "o" * 20}) == "o" * 20
+    with pytest.raises(webhooks.WebhookError, match=r"webhooks\.previous_secret_env: OLD_HOOK_SECRET is not set"):
+        webhooks.previous_secret_of(r, {})
 
 
 # ---------------------------------------------------------------- events
