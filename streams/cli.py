@@ -347,6 +347,58 @@ def _ops(args: argparse.Namespace) -> int:
         raise CliError(escape(str(e))) from None  # the API's text is data, never rich markup
 
 
+def _webhooks(args: argparse.Namespace) -> int:
+    """`fenxiao webhooks failed|redeliver`: the given-up deliveries, and sending them again once fixed."""
+    import asyncio
+    from pathlib import Path
+
+    from streams.engine import config
+    from streams.settings import get_settings
+    from streams.sinks import webhooks
+
+    settings = get_settings()
+    redis_url = settings.redis_url.get_secret_value()
+    if args.action == "failed":
+
+        async def rows() -> list[webhooks.Failure]:
+            from streams.state import redis_conn
+
+            r = redis_conn.connect_async(redis_url, decode_responses=True)
+            try:
+                return await webhooks.failures(r, args.limit)
+            finally:
+                await r.aclose()
+
+        for f in asyncio.run(rows()):
+            g = f.fields
+            where = f"{g.get('url')}  {g.get('id')}  {g.get('type')}"
+            print(f"{f.stream_id}  {where}  attempts {g.get('attempts')}  {g.get('reason')}")
+        return 0
+    path = Path(args.config) if args.config else settings.config
+    try:
+        rules = config.load(path).webhooks
+        if rules is None:
+            raise CliError(f"{path} has no [webhooks] section: nothing to redeliver to")
+        secret, previous = webhooks.secret_of(rules), webhooks.previous_secret_of(rules)
+    except (config.ConfigError, webhooks.WebhookError) as e:
+        raise CliError(str(e)) from e
+    done = asyncio.run(webhooks.redeliver(redis_url, rules, secret, args.url, args.limit, previous))
+    for reason in done.reasons[:20]:
+        err.print(f"[yellow]still failing:[/] {escape(reason)}")
+    print(f"redelivered {done.sent}, still failing {done.failed}, skipped {done.skipped}")
+    return 0 if done.failed == 0 else 1
+
+
+def _add_webhooks_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`webhooks failed|redeliver` (docs/webhooks.md)."""
+    h = sub.add_parser("webhooks", help="list webhook deliveries that were given up, or send them again")
+    h.add_argument("action", choices=["failed", "redeliver"])
+    h.add_argument("--config", help="the program config with [webhooks] (default: $FENXIAO_CONFIG or ./fenxiao.toml)")
+    h.add_argument("--url", help="redeliver only to this URL, as `failed` and /status show it")
+    h.add_argument("--limit", type=int, default=1000, help="at most this many, oldest first (default 1000)")
+    h.set_defaults(func=_webhooks)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """All subcommands and their flags."""
     p = argparse.ArgumentParser(prog="fenxiao", description="Streaming commission engine for distribution programs.")
@@ -383,6 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_replay_commands(sub)
     _add_token_command(sub)
+    _add_webhooks_command(sub)
 
     d = sub.add_parser("demo", help="stack + worker + a generated flash sale, live, a report; stays up until Ctrl-C")
     d.add_argument("--users", type=_count, default=3000, help="users in the referral forest (default 3000)")

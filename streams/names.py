@@ -13,6 +13,7 @@ COMMISSIONS = "fenxiao.commissions"
 BINDINGS = "fenxiao.bindings"
 DEAD_LETTERS = "fenxiao.dead-letters"
 CLICKS_LIMITED = "fenxiao.clicks-limited"  # clicks over the rate limit, not used for attribution (docs/decisions.md)
+WITHDRAWAL_STATES = "fenxiao.withdrawal-states"  # one record per accepted withdrawal transition, key distributor_id
 # Contract v2 inputs: decoded by schemas/events.py, not consumed by the worker until the pipeline is wired for them.
 DISTRIBUTORS = "fenxiao.distributors"
 ADJUSTMENTS = "fenxiao.adjustments"
@@ -94,9 +95,15 @@ KEY_PJ_JOURNAL = "fx:{pj}:journal"  # hash (cluster only): seq and commands of t
 KEY_PJ_SLOT_MARK = "fx:pm:"  # + "{tag}" (cluster only), one per hash slot -> the projector journal seq applied there
 PROJECTOR_SOURCES: tuple[str, ...] = (COMMISSIONS, BINDINGS)
 
+# Webhooks (streams/sinks/webhooks.py, in the `fenxiao sink` process; docs/webhooks.md).
+WEBHOOK_SOURCES: tuple[str, ...] = (COMMISSIONS, WITHDRAWAL_STATES)
+WEBHOOK_GROUP_SUFFIX = ".webhooks"  # the deliverer's consumer group: <app id>.webhooks
+ENV_WEBHOOK_SECRET = "FENXIAO_WEBHOOK_SECRET"  # default [webhooks] secret_env: the HMAC signing secret
+KEY_WEBHOOK_FAILED = "fx:wh:failed"  # stream: deliveries given up after max_attempts (url, id, reason, body), capped
+KEY_WEBHOOK_STATUS = "fx:wh:status"  # hash: field s = the deliverer's status JSON, read by the worker's /status
+
 # ---- h-api: the write API (streams/api/routes.py, streams/api/commands.py) and the withdrawal read models it serves.
 # The three withdrawal keys and WITHDRAWAL_STATES are the lead's shared interface (written by the worker, h-v2wire).
-WITHDRAWAL_STATES = "fenxiao.withdrawal-states"  # one record per accepted withdrawal transition, key distributor_id
 KEY_WITHDRAWAL = "fx:w:"  # + withdrawal_id -> hash, field s = JSON state of the withdrawal
 KEY_WITHDRAWAL_QUEUE = "fx:wq"  # zset withdrawal_id -> requested ts ms: open withdrawals (requested or approved)
 KEY_DISTRIBUTOR_WITHDRAWALS = "fx:wu:"  # + distributor_id -> zset withdrawal_id -> requested ts ms

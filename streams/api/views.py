@@ -7,7 +7,7 @@ from typing import Any
 from streams.api import routes as api
 from streams.pipeline import runtime
 from streams.pipeline.app import app
-from streams.sinks import sink_process
+from streams.sinks import sink_process, webhooks
 
 
 @app.page("/health")
@@ -24,4 +24,5 @@ async def status(web: Any, request: Any) -> Any:
     except api.ApiError as e:
         return api.error_response(web, e)
     rt = runtime.get()
-    return web.json({**rt.sequencer.status(), **sink_process.worker_status()})
+    hooks = None if rt.program.webhooks is None else await webhooks.read_status(api.redis())
+    return web.json({**rt.sequencer.status(), **sink_process.worker_status(), "webhooks": hooks})

@@ -9,6 +9,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, model_validator
 
+from streams import names
+
 DEFAULT_TIER = "standard"
 
 Bps = Annotated[int, Field(ge=0, le=10_000, strict=True)]
@@ -106,6 +108,44 @@ class WithdrawalsSection(_Strict):
     fee_min_cents: Annotated[int, Field(ge=0, le=10**12, strict=True)] = 0
 
 
+class WebhooksSection(_Strict):
+    """The optional [webhooks] table: where ledger entries and withdrawal states are POSTed, and how hard to try."""
+
+    urls: list[str] = Field(min_length=1, max_length=20)
+    secret_env: str = Field(default=names.ENV_WEBHOOK_SECRET, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=128)
+    previous_secret_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=128)
+    timeout_ms: Annotated[int, Field(ge=100, le=120_000, strict=True)] = 5000
+    max_attempts: Annotated[int, Field(ge=1, le=50, strict=True)] = 8
+    backoff_initial_ms: Annotated[int, Field(ge=1, le=3_600_000, strict=True)] = 1000
+    backoff_max_ms: Annotated[int, Field(ge=1, le=3_600_000, strict=True)] = 300_000
+    jitter_percent: Annotated[int, Field(ge=0, le=100, strict=True)] = 20
+    queue_size: Annotated[int, Field(ge=1, le=100_000, strict=True)] = 1000
+    concurrency: Annotated[int, Field(ge=1, le=64, strict=True)] = 4
+    start: Literal["earliest", "latest"] = "earliest"
+
+    @model_validator(mode="after")
+    def _sane(self) -> WebhooksSection:
+        from urllib.parse import urlsplit
+
+        for i, url in enumerate(self.urls):
+            try:
+                parts = urlsplit(url)
+                parts.port  # noqa: B018  (raises on a port that is not a number)
+            except ValueError as e:
+                raise ValueError(f"urls.{i}: {url!r} is not a URL ({e})") from None
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"urls.{i}: {url!r} must be an http:// or https:// URL with a host")
+            if url in self.urls[:i]:
+                raise ValueError(f"urls.{i}: {url!r} is listed twice")
+        if self.previous_secret_env == self.secret_env:
+            raise ValueError(f"previous_secret_env: names the same variable as secret_env ({self.secret_env})")
+        if self.backoff_max_ms < self.backoff_initial_ms:
+            raise ValueError(
+                f"backoff_max_ms: {self.backoff_max_ms} is below backoff_initial_ms = {self.backoff_initial_ms}"
+            )
+        return self
+
+
 class FenxiaoConfig(_Strict):
     """The whole fenxiao.toml."""
 
@@ -117,6 +157,7 @@ class FenxiaoConfig(_Strict):
     tier_rules: TierRulesSection | None = None
     products: dict[str, ProductRates] = Field(default_factory=dict)
     withdrawals: WithdrawalsSection = Field(default_factory=WithdrawalsSection)
+    webhooks: WebhooksSection | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> FenxiaoConfig:
@@ -208,6 +249,7 @@ class Program:
     clicks: ClickLimits = ClickLimits()
     products: dict[str, tuple[int, ...] | None] = field(default_factory=dict)
     withdrawals: WithdrawalRules = WithdrawalRules()
+    webhooks: WebhooksSection | None = None
 
     def item_rate(self, sku_id: str, level: int, tier_bps: int) -> int:
         """Rate of one item at `level`: the product's own rate, 0 for commission = false, else the tier rate."""
@@ -271,6 +313,7 @@ def resolve(cfg: FenxiaoConfig) -> Program:
         clicks=limits,
         products=products,
         withdrawals=WithdrawalRules(min_cents=w.min_cents, fee_bps=w.fee_bps, fee_min_cents=w.fee_min_cents),
+        webhooks=cfg.webhooks,
     )
 
 

@@ -41,6 +41,14 @@ def run(config_path: str | None, loglevel: str = "info", standby: bool = False, 
         program = load(path)
     except ConfigError as e:
         raise WorkerError(str(e)) from e
+    if program.webhooks is not None:  # refuse at start what the sink's deliverer could not run with
+        from streams.sinks import webhooks
+
+        try:
+            webhooks.secret_of(program.webhooks)
+            webhooks.previous_secret_of(program.webhooks)
+        except webhooks.WebhookError as e:
+            raise WorkerError(f"{path}: {e}") from e
     from streams.ops import stack
 
     if not stack.kafka_answers(settings.kafka, timeout=5.0):

@@ -119,6 +119,7 @@ class Service:
         self.progress = SinkProgress()
         self.owner = f"{settings.app_id}.sink@{socket.gethostname()}:{os.getpid()}"
         self.projector: Projector | None = None
+        self.webhooks: Any = None  # streams.sinks.webhooks.Deliverer when the config has [webhooks]
         self._make_projector: Callable[[], Projector] = lambda: Projector(
             settings.kafka, settings.redis_url.get_secret_value(), ch, self.owner, crash_at=settings.crash_at
         )
@@ -134,6 +135,7 @@ class Service:
             "error": self.progress.error,
             "projector": pj,
             "lag": None if any(v is None for v in lags) else sum(int(str(v)) for v in lags),
+            "webhooks": self.webhooks.status() if self.webhooks is not None else None,
         }
 
     async def project(self) -> None:
@@ -191,6 +193,10 @@ async def _main(settings: Settings, parent: int | None) -> int:
             asyncio.create_task(_keep_running("ClickHouse sink", sink_loop, stopping)),
             asyncio.create_task(_keep_running("projector", service.project, stopping)),
         ]
+        service.webhooks = _webhooks(settings)
+        if service.webhooks is not None:
+            hooks = service.webhooks
+            tasks.append(asyncio.create_task(_keep_running("webhooks", lambda: hooks.run(stopping), stopping)))
         await stopping.wait()
         if service.projector is not None:
             service.projector.stop()
@@ -202,7 +208,25 @@ async def _main(settings: Settings, parent: int | None) -> int:
         watcher.cancel()
         if runner is not None:
             await runner.cleanup()
+        if service.webhooks is not None:
+            await service.webhooks.close()
         ch.close()
+
+
+def _webhooks(settings: Settings) -> Any:
+    """The webhook deliverer when the program config has [webhooks] (the worker validated it), else None."""
+    from streams.engine import config
+    from streams.sinks import webhooks
+
+    if not settings.config.exists():
+        log.info("no config at %s: webhooks off", settings.config)
+        return None
+    try:
+        rules = config.load(settings.config).webhooks
+        return None if rules is None else webhooks.from_settings(settings, rules)
+    except (config.ConfigError, webhooks.WebhookError) as e:
+        print(f"fenxiao sink: webhooks off: {e}", file=sys.stderr, flush=True)
+        return None
 
 
 def _authorized(settings: Settings, request: Any) -> str | None:
