@@ -106,6 +106,19 @@ def run(recs: list[Record], batch_size: int) -> dict[str, float]:
     return cpu
 
 
+def cpu_table(title: str, cpu: dict[str, float], n_orders: int) -> float:
+    """Print CPU seconds per stage as µs per order record and share; return the total CPU seconds."""
+    total = sum(cpu.values())
+    t = Table(title=title)
+    for col in ("stage", "CPU s", "µs per order record", "share"):
+        t.add_column(col, justify="right")
+    for k, v in cpu.items():
+        t.add_row(k, f"{v:.3f}", f"{v / n_orders * 1e6:.1f}", f"{v / total:.0%}")
+    t.add_row("total", f"{total:.3f}", f"{total / n_orders * 1e6:.1f}", "100%")
+    Console().print(t)
+    return total
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--users", type=int, default=20_000)
@@ -126,14 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.profile:
         prof.disable()
         pstats.Stats(prof).sort_stats("cumulative").print_stats(25)
-    total = sum(cpu.values())
-    t = Table(title=f"hot path CPU, {len(recs):,} records ({n_orders:,} order records), no I/O")
-    for col in ("stage", "CPU s", "µs per order record", "share"):
-        t.add_column(col, justify="right")
-    for k, v in cpu.items():
-        t.add_row(k, f"{v:.3f}", f"{v / n_orders * 1e6:.1f}", f"{v / total:.0%}")
-    t.add_row("total", f"{total:.3f}", f"{total / n_orders * 1e6:.1f}", "100%")
-    Console().print(t)
+    total = cpu_table(f"hot path CPU, {len(recs):,} records ({n_orders:,} order records), no I/O", cpu, n_orders)
     rates = f"{n_orders / total:,.0f} order records/s ({len(recs) / total:,.0f} records/s)"
     Console().print(f"one core, this part only: {rates}")
     return 0

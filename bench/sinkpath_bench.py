@@ -26,9 +26,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import msgspec  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
 
+from bench.hotpath_bench import cpu_table  # noqa: E402
 from streams import names  # noqa: E402
 from streams.engine import reference  # noqa: E402
 from streams.engine.config import parse  # noqa: E402
@@ -104,14 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         if prof is not None:
             prof.disable()
             pstats.Stats(prof).sort_stats("cumulative").print_stats(25)
-    total = sum(cpu.values())
-    t = Table(title=f"sink process CPU, {len(records):,} records read ({n_orders:,} order records), no I/O")
-    for col in ("stage", "CPU s", "µs per order record", "share"):
-        t.add_column(col, justify="right")
-    for k, v in cpu.items():
-        t.add_row(k, f"{v:.3f}", f"{v / n_orders * 1e6:.1f}", f"{v / total:.0%}")
-    t.add_row("total", f"{total:.3f}", f"{total / n_orders * 1e6:.1f}", "100%")
-    Console().print(t)
+    cpu_table(f"sink process CPU, {len(records):,} records read ({n_orders:,} order records), no I/O", cpu, n_orders)
     return 0
 
 

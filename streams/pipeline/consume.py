@@ -350,3 +350,19 @@ def rank_of(topic: str) -> int:
 
 
 __all__ = ["DeadLetter", "Held", "InputReader", "OffsetBook", "Record", "classify", "rank_of", "seq_key"]
+
+
+async def unread(consumer: Any, parts: Iterable[TopicPartition]) -> int | None:
+    """Records still to read on these partitions, None until each has been fetched once.
+
+    Read committed: an open transaction's records are not readable yet, so count up to the stable offset.
+    """
+    total = 0
+    for tp in parts:
+        hw = consumer.last_stable_offset(tp)
+        if hw is None:
+            hw = consumer.highwater(tp)
+        if hw is None:
+            return None
+        total += max(0, hw - await consumer.position(tp))
+    return total

@@ -18,7 +18,7 @@ from aiokafka.errors import CommitFailedError
 
 from schemas.events import Invalid, decode
 from streams import names
-from streams.pipeline.consume import undecodable_at
+from streams.pipeline.consume import undecodable_at, unread
 from streams.sinks.sink import (
     BINDINGS,
     CLICKS,
@@ -126,18 +126,7 @@ async def take(consumer: Any, progress: SinkProgress | None = None) -> list[Any]
 async def lag(consumer: Any) -> int | None:
     """Records the sink has still to read, None until it is assigned and has fetched every partition once."""
     parts = consumer.assignment()
-    if not parts:
-        return None
-    total = 0
-    for tp in parts:
-        # Read committed: an open transaction's records are not readable yet, so count up to the stable offset.
-        hw = consumer.last_stable_offset(tp)
-        if hw is None:
-            hw = consumer.highwater(tp)
-        if hw is None:
-            return None
-        total += max(0, hw - await consumer.position(tp))
-    return total
+    return await unread(consumer, parts) if parts else None
 
 
 @dataclass

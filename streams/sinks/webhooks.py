@@ -30,6 +30,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 
 from streams import names
 from streams.engine.config import WebhooksSection
+from streams.pipeline.consume import unread
 from streams.state import redis_conn
 
 log = logging.getLogger(__name__)
@@ -558,15 +559,8 @@ class Deliverer:
         parts = consumer.assignment()
         if not parts:
             return None
-        total = self.tracker.unfinished()
-        for tp in parts:
-            hw = consumer.last_stable_offset(tp)
-            if hw is None:
-                hw = consumer.highwater(tp)
-            if hw is None:
-                return None
-            total += max(0, hw - await consumer.position(tp))
-        return total
+        left = await unread(consumer, parts)
+        return None if left is None else left + self.tracker.unfinished()
 
     async def close(self) -> None:
         """Close the Redis client."""

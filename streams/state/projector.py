@@ -31,6 +31,7 @@ import msgspec
 from schemas.events import parse_ts_ms
 from streams import names
 from streams.engine.ledger import ACCRUED, Binding, Entry, OrderState, State
+from streams.pipeline.consume import unread
 from streams.sinks.clickhouse import ClickHouse, ClickHouseError
 from streams.state import redis_conn
 from streams.state.projections import (
@@ -383,7 +384,7 @@ class Projector:
                 elif time.monotonic() - renewed > LEASE_TTL_MS / 3000:
                     await self._renew()
                     renewed = time.monotonic()
-                self.lag = await _lag(consumer, parts)
+                self.lag = await unread(consumer, parts)
         except Stopped:
             pass  # stopped while waiting for the sink: the batch was not written and is read again next time
         finally:
@@ -608,14 +609,3 @@ async def _partitions(consumer: Any, topic: str) -> list[int]:
         await consumer._client.force_metadata_update()
         await asyncio.sleep(0.1)
     raise RuntimeError(f"projector: topic {topic} has no partitions (run the worker once to create the topics)")
-
-
-async def _lag(consumer: Any, parts: Sequence[Any]) -> int | None:
-    """Records still to project, None until every partition has been fetched once."""
-    total = 0
-    for tp in parts:
-        hw = consumer.highwater(tp)
-        if hw is None:
-            return None
-        total += max(0, hw - await consumer.position(tp))
-    return total
