@@ -49,7 +49,7 @@ deps: venv ## install redis-server and chromium (apt) if missing, check Java 17 
 	fi
 	@command -v java >/dev/null || { echo "java not found: Kafka needs Java 17+ (apt-get install -y openjdk-17-jre-headless)"; exit 1; }
 	@command -v mvn >/dev/null || { echo "mvn not found: it fetches the Kafka jars once (apt-get install -y maven)"; exit 1; }
-	@$(BIN)/python -c 'import sys; from streams import stack; sys.exit(stack.deps_command())'
+	@$(BIN)/python -c 'import sys; from streams.ops import stack; sys.exit(stack.deps_command())'
 
 run: venv deps ## run the demo (fenxiao demo): a live flash sale, then the dashboard stays up until Ctrl-C
 	$(BIN)/fenxiao demo

@@ -310,7 +310,7 @@ def wait_nothing_held(pipe: Env, w: scenario.WorkerProcess, timeout: float = 30.
 def clickhouse_orders(pipe: Env) -> tuple[int, int]:
     """(aborted, all) order rows the sink wrote to ClickHouse, read in a process of its own (one chDB owner)."""
     code = (
-        "from streams import clickhouse as c; from streams.settings import get_settings;"
+        "from streams.sinks import clickhouse as c; from streams.settings import get_settings;"
         "ch = c.ChdbBackend(get_settings().chdb_path);"
         "print(*ch.query(\"SELECT countIf(startsWith(event_id, 'aborted-')), count() FROM \""
         " + c.qualified_table(c.DATABASE, 'orders'))[0])"
