@@ -93,3 +93,8 @@ KEY_PJ_SEEN = "fx:{pj}:seen:"  # + UTC day of the event -> set: entry ids, bound
 KEY_PJ_JOURNAL = "fx:{pj}:journal"  # hash (cluster only): seq and commands of the last batch, redone after a crash
 KEY_PJ_SLOT_MARK = "fx:pm:"  # + "{tag}" (cluster only), one per hash slot -> the projector journal seq applied there
 PROJECTOR_SOURCES: tuple[str, ...] = (COMMISSIONS, BINDINGS)
+
+# Money out in ClickHouse (h-reports, issue #13): the worker's withdrawal transitions (common interface with
+# h-v2wire, which produces them), sunk into withdrawal_states for the payouts report.
+WITHDRAWAL_STATES = "fenxiao.withdrawal-states"
+SINK_SOURCES = (*SINK_SOURCES, WITHDRAWAL_STATES)

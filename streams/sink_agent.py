@@ -19,7 +19,17 @@ from aiokafka.errors import CommitFailedError
 from schemas.events import Invalid, decode
 from streams import names
 from streams.consume import undecodable_at
-from streams.sink import BINDINGS, CLICKS, DEAD_LETTERS, LEDGER, LIMITED_CLICKS, ORDERS, TIER_EVENTS, ClickHouseSink
+from streams.sink import (
+    BINDINGS,
+    CLICKS,
+    DEAD_LETTERS,
+    LEDGER,
+    LIMITED_CLICKS,
+    ORDERS,
+    TIER_EVENTS,
+    WITHDRAWAL_STATES,
+    ClickHouseSink,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +55,8 @@ def buffer_record(sink: ClickHouseSink, topic: str, raw: bytes | None) -> None:
         sink.add(DEAD_LETTERS, json.loads(raw))
     elif topic == names.CLICKS_LIMITED:
         sink.add(LIMITED_CLICKS, json.loads(raw))
+    elif topic == names.WITHDRAWAL_STATES:
+        sink.add(WITHDRAWAL_STATES, json.loads(raw))
     else:
         ev = decode(topic, raw)
         if not isinstance(ev, Invalid):
