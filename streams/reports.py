@@ -711,14 +711,20 @@ def team(ch: ClickHouse, params: Mapping[str, str]) -> Report:
 
 
 def performance(ch: ClickHouse, params: Mapping[str, str]) -> Report:
-    """Per distributor in a period: level-1 GMV, recruits, and the tier in force at its end (tier evaluation input)."""
+    """Per distributor in a period: sales (level 1, 2, 3 and own purchases), recruits, and the tier at its end."""
     period = parse_period(params.get("period") or "month", _required(params, "at"))
     bounds: dict[str, object] = {"start": period.start, "end": period.end}
+    # Each accepted paid order counts for its level 1..3 beneficiaries (lvl 1..3) and for its buyer (lvl 0, own
+    # purchases) when the buyer signed up; recruits are bindings that name the distributor.
     rows = ch.query(
-        "SELECT d, sum(g), sum(r) FROM ("
-        f" SELECT l1 AS d, amount AS g, toUInt64(0) AS r FROM ({accepted()})"
-        " WHERE l1 != '' AND toDate(at) >= {start:Date} AND toDate(at) < {end:Date}"
-        " UNION ALL SELECT assumeNotNull(inviter_id) AS d, toInt64(0) AS g, toUInt64(1) AS r FROM bindings FINAL"
+        "SELECT d, sumIf(g, lvl = 1), sumIf(g, lvl = 2), sumIf(g, lvl = 3), sumIf(g, lvl = 0), sum(r) FROM ("
+        " SELECT tupleElement(p, 1) AS d, tupleElement(p, 2) AS lvl, amount AS g, toUInt64(0) AS r"
+        f" FROM ({accepted()})"
+        " ARRAY JOIN [(l1, toUInt8(1)), (l2, toUInt8(2)), (l3, toUInt8(3)), (buyer, toUInt8(0))] AS p"
+        " WHERE d != '' AND toDate(at) >= {start:Date} AND toDate(at) < {end:Date}"
+        " AND (lvl != 0 OR d IN (SELECT user_id FROM bindings))"
+        " UNION ALL SELECT assumeNotNull(inviter_id) AS d, toUInt8(0) AS lvl, toInt64(0) AS g, toUInt64(1) AS r"
+        " FROM bindings FINAL"
         " WHERE inviter_id IS NOT NULL AND toDate(ts) >= {start:Date} AND toDate(ts) < {end:Date}"
         ") GROUP BY d",
         bounds,
@@ -729,22 +735,31 @@ def performance(ch: ClickHouse, params: Mapping[str, str]) -> Report:
         bounds,
     )
     current = {str(u): str(t) for u, t in tiers}
-    stats = {str(d): (int(g), int(r)) for d, g, r in rows}
-    out: list[list[Cell]] = [
-        [user, *stats.get(user, (0, 0)), current.get(user, "")] for user in sorted(set(stats) | set(current))
-    ]
+    stats = {str(d): (int(g1), int(g2), int(g3), int(own), int(r)) for d, g1, g2, g3, own, r in rows}
+    out: list[list[Cell]] = []
+    for user in sorted(set(stats) | set(current)):
+        g1, g2, g3, own, recruits = stats.get(user, (0, 0, 0, 0, 0))
+        out.append([user, g1, g2, g3, g1 + g2 + g3, own, recruits, current.get(user, "")])
     return Report(
         "performance",
         f"distributor performance in {period.label}",
         [
             Column("distributor", "distributor", TEXT),
             Column("gmv_cents", "GMV (level 1)", CENTS),
+            Column("level2_gmv_cents", "GMV (level 2)", CENTS),
+            Column("level3_gmv_cents", "GMV (level 3)", CENTS),
+            Column("team_gmv_cents", "team GMV (levels 1-3)", CENTS),
+            Column("own_sales_cents", "own purchases", CENTS),
             Column("recruits", "recruits"),
             Column("tier", "tier at period end", TEXT),
         ],
         out,
         {"period": period.kind, "at": period.label, "end": period.end_instant.isoformat()},
-        ["tier at period end: the latest tier event at or before the end of the period ('' = none: standard)"],
+        [
+            "GMV at level l: accepted paid orders on which the distributor earned at level l (gross of refunds);"
+            " own purchases: accepted paid orders the distributor bought themself",
+            "tier at period end: the latest tier event at or before the end of the period ('' = none: standard)",
+        ],
     )
 
 
@@ -758,7 +773,6 @@ _TRANSITIONS = (
     " INNER JOIN (SELECT withdrawal_id, max(channel) AS channel FROM withdrawal_states FINAL {where}"
     " GROUP BY withdrawal_id) AS c ON c.withdrawal_id = s.withdrawal_id"
 )
-PAYOUT_STATUSES: tuple[str, ...] = ("requested", "paid", "rejected", "failed")
 NO_CHANNEL = "(none)"
 
 
