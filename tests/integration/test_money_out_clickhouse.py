@@ -313,3 +313,22 @@ def test_payouts_of_one_distributor_and_of_a_period(ch: ClickHouse) -> None:
         reports.run(ch, "payouts", {"at": "November"})
     hostile = reports.run(ch, "payouts", {"distributor": "' OR '1'='1"})
     assert hostile.rows == []
+
+
+def test_existing_reports_count_commission_only_over_the_money_out_example(ch: ClickHouse) -> None:
+    for table, table_rows in RD.sink_rows(MONEY_OUT).items():
+        sink = S.ClickHouseSink(ch)
+        sink.add_many(table, table_rows)
+        sink.flush()
+    earnings: dict[str, int] = {}
+    for key, cents in RD.expected(MONEY_OUT)["entries"].items():
+        _, _, user, kind = key.split("|")
+        if kind in ("accrued", "reversed", "clawed_back"):
+            earnings[user] = earnings.get(user, 0) + cents
+    board = reports.run(ch, "leaderboard", {"at": "2026-11", "metric": "earnings", "limit": "1000"}).records()
+    assert {r["distributor"]: r["earnings_cents"] for r in board} == earnings
+    levels = reports.run(ch, "levels", {}).records()
+    assert [r["level"] for r in levels] == ["level 1", "level 2", "level 3", "all levels"]
+    assert levels[-1]["net_cents"] == sum(earnings.values())
+    refunds = reports.run(ch, "refunds", {"limit": "1000"}).records()
+    assert {r["distributor"] for r in refunds} == set(earnings)
