@@ -142,6 +142,7 @@ class Chart:
     y2: tuple[str, ...] = ()  # drawn as lines on a second axis
     title: str = ""
     x: tuple[str, ...] = ()  # columns whose values, joined, label a row (default: the first column)
+    total_row: bool = False  # the last row is a total: not drawn (it would dwarf the others)
 
 
 @dataclass
@@ -177,6 +178,7 @@ class Report:
                 "y2": self.chart.y2,
                 "title": self.chart.title,
                 "x": self.chart.x,
+                "total_row": self.chart.total_row,
             },
         }
 
@@ -200,6 +202,7 @@ class Report:
                 tuple(chart.get("y2") or ()),
                 chart.get("title", ""),
                 tuple(chart.get("x") or ()),
+                bool(chart.get("total_row", False)),
             ),
         )
 
@@ -249,16 +252,17 @@ def render_chart(report: Report, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     spec = report.chart
+    drawn = report.rows[:-1] if spec.total_row else report.rows
     by_key = {c.key: (i, c) for i, c in enumerate(report.columns)}
     label_at = [by_key[k][0] for k in spec.x] or [0]
-    labels = [" ".join(str(row[i]) for i in label_at) for row in report.rows]
+    labels = [" ".join(str(row[i]) for i in label_at) for row in drawn]
 
     def series(key: str) -> tuple[str, list[float]]:
         index, column = by_key[key]
         unit = " (¥)" if column.kind == CENTS else " (%)" if column.kind == BPS else ""
         divisor = 100 if column.kind in (CENTS, BPS) else 1
         # Floats only to draw: cents -> yuan, bps -> percent.
-        values = [0.0 if row[index] is None else int(row[index] or 0) / divisor for row in report.rows]
+        values = [0.0 if row[index] is None else int(row[index] or 0) / divisor for row in drawn]
         return column.label + unit, values
 
     fig, ax = plt.subplots(figsize=(max(8.0, min(24.0, 0.25 * len(labels) + 4)), 5.5), dpi=110)
@@ -282,7 +286,9 @@ def render_chart(report: Report, path: Path) -> Path:
     else:
         step = max(1, len(labels) // 20)
         ax.set_xticks(positions[::step], labels[::step], rotation=45, ha="right")
-    ax.set_ylabel(", ".join(series(k)[0] for k in spec.y))
+    all_cents = all(by_key[k][1].kind == CENTS for k in spec.y)
+    # Past two series the legend names them; the axis says the unit, or the label would run off the figure.
+    ax.set_ylabel("amount (¥)" if len(spec.y) > 2 and all_cents else ", ".join(series(k)[0] for k in spec.y))
     lines, names_ = ax.get_legend_handles_labels()
     if spec.y2:
         ax2 = ax.twinx()
@@ -849,9 +855,11 @@ def payouts(ch: ClickHouse, params: Mapping[str, str]) -> Report:
         ],
         Chart(
             "bar",
-            ("requested_cents", "paid_cents", "fee_cents"),
+            ("requested_cents", "paid_cents", "rejected_cents", "failed_cents"),
+            ("fee_cents",),
             title="payouts per day and channel",
             x=("day", "channel"),
+            total_row=True,
         ),
     )
 
