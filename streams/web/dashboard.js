@@ -167,6 +167,10 @@
   // The next steps an operator can take from each open state (contract v2 withdrawals).
   const ACTIONS = { requested: [["approve", "ok"], ["reject", "no"]], approved: [["paid", "ok"], ["failed", "no"], ["reject", "no"]] };
 
+  function short(id) {
+    return id.length > 40 ? id.slice(0, 37) + "…" : id;
+  }
+
   function utc(ms) {
     return typeof ms === "number" ? new Date(ms).toISOString().replace("T", " ").slice(0, 19) : "";
   }
@@ -181,10 +185,10 @@
         headers: { "Content-Type": "application/json", "Idempotency-Key": key },
         body: JSON.stringify({ reason: "dashboard" }),
       });
-      $("q-status").textContent = action + " " + w.withdrawal_id + " sent";
+      $("q-status").textContent = action + " " + short(w.withdrawal_id) + " sent";
       state.actions.push({ id: w.withdrawal_id, action: action, key: key });
     } catch (e) {
-      $("q-status").textContent = action + " " + w.withdrawal_id + ": " + e.message;
+      $("q-status").textContent = action + " " + short(w.withdrawal_id) + ": " + e.message;
       for (const b of row.querySelectorAll("button")) b.disabled = false;
     }
     setTimeout(refreshQueue, 1000);
@@ -206,8 +210,11 @@
       const tr = body.insertRow();
       tr.dataset.id = w.withdrawal_id;
       tr.insertCell().textContent = utc(w.requested_ts);
-      tr.insertCell().textContent = w.withdrawal_id;
-      tr.insertCell().textContent = w.distributor_id;
+      for (const id of [w.withdrawal_id, w.distributor_id]) {
+        const c = tr.insertCell();
+        c.textContent = id;
+        c.title = id;
+      }
       tr.insertCell().textContent = w.channel || "–";
       const amount = tr.insertCell();
       amount.className = "num";
