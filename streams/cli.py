@@ -229,16 +229,16 @@ def _add_report_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
         "name",
         choices=["totals", *REPORTS],
         help="totals: the ledger as ClickHouse holds it; leaderboard, funnel, levels, campaign, refunds, team,"
-        " performance: BI reports",
+        " performance, payouts: BI reports (docs/reports.md)",
     )
     rp.add_argument("--format", choices=["table", "csv", "json"], default="table")
     rp.add_argument("--chart", metavar="OUT.png", help="also draw the report's chart to this PNG")
-    rp.add_argument("--period", choices=["month", "quarter"], help="leaderboard/performance: month or quarter")
+    rp.add_argument("--period", choices=["month", "quarter"], help="leaderboard/performance/payouts: month or quarter")
     rp.add_argument("--metric", choices=["earnings", "gmv", "recruits"], help="leaderboard: what to rank by")
-    rp.add_argument("--at", help="leaderboard/performance: 2026-11 (month) or 2026-Q4 (quarter)")
+    rp.add_argument("--at", help="leaderboard/performance/payouts: 2026-11 (month) or 2026-Q4 (quarter)")
     rp.add_argument("--campaign", help="funnel: only this campaign's clicks and first orders")
     rp.add_argument("--id", help="campaign: the campaign_id")
-    rp.add_argument("--distributor", help="team: the distributor's user_id")
+    rp.add_argument("--distributor", help="team, payouts: the distributor's user_id")
     rp.add_argument("--limit", help="rows to show (leaderboard 20, funnel/refunds 50)")
     rp.set_defaults(func=_report)
 

@@ -24,7 +24,16 @@ INPUT_TOPICS: tuple[str, ...] = (TIERS, CLICKS, SIGNUPS, ORDERS)
 OUTPUT_TOPICS: tuple[str, ...] = (COMMISSIONS, BINDINGS, DEAD_LETTERS, CLICKS_LIMITED)
 
 # What the ClickHouse sink reads (signups reach ClickHouse as bindings), with its own consumer group.
-SINK_SOURCES: tuple[str, ...] = (COMMISSIONS, BINDINGS, CLICKS, ORDERS, DEAD_LETTERS, TIERS, CLICKS_LIMITED)
+SINK_SOURCES: tuple[str, ...] = (
+    COMMISSIONS,
+    BINDINGS,
+    CLICKS,
+    ORDERS,
+    DEAD_LETTERS,
+    TIERS,
+    CLICKS_LIMITED,
+    WITHDRAWAL_STATES,  # sunk into withdrawal_states for the payouts report
+)
 SINK_GROUP_SUFFIX = ".sink"
 
 # Same-ts tie-break of the spec: tiers < clicks < signups < orders.

@@ -173,6 +173,8 @@ async def distributor(view: Any, request: Any, id: str) -> Any:
             "distributor": user.get("d", "1") == "1",
             "pending_cents": int(bal.get("p", 0)),
             "available_cents": int(bal.get("a", 0)),
+            "reserved_cents": int(bal.get("r", 0)),  # contract v2: fx:b field r (提现中)
+            "withdrawn_cents": int(bal.get("w", 0)),  # contract v2: fx:b field w (已提现)
             "lifetime_earned_cents": int(bal.get("l", 0)),
             "tier": user.get("r") or DEFAULT_TIER,
             "inviter": user.get("i"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, 
 from streams import names
 
 DEFAULT_TIER = "standard"
+
+log = logging.getLogger(__name__)
 
 Bps = Annotated[int, Field(ge=0, le=10_000, strict=True)]
 
@@ -63,17 +66,24 @@ class ClicksSection(_Strict):
     max_per_ip: Annotated[int, Field(ge=0, strict=True)] = 300
 
 
+Cents = Annotated[int, Field(ge=0, strict=True)]
+TIER_THRESHOLDS = ("min_gmv_cents", "min_own_sales_cents", "min_team_sales_cents", "min_recruits")
+HEADCOUNT_KEY = "allow_headcount_rules"
+
+
 class TierRule(_Strict):
     """One [[tier_rules.rule]]: the tier earned by meeting every threshold given, over the evaluated period."""
 
     tier: str = Field(min_length=1, max_length=128)
-    min_gmv_cents: Annotated[int, Field(ge=0, strict=True)] | None = None
-    min_recruits: Annotated[int, Field(ge=0, strict=True)] | None = None
+    min_gmv_cents: Cents | None = None  # level-1 (direct) sales
+    min_own_sales_cents: Cents | None = None  # the distributor's own purchases
+    min_team_sales_cents: Cents | None = None  # sales of levels 1..team_levels
+    min_recruits: Annotated[int, Field(ge=0, strict=True)] | None = None  # headcount: refused unless allowed
 
     @model_validator(mode="after")
     def _has_threshold(self) -> TierRule:
-        if self.min_gmv_cents is None and self.min_recruits is None:
-            raise ValueError("a rule needs min_gmv_cents and/or min_recruits")
+        if all(getattr(self, key) is None for key in TIER_THRESHOLDS):
+            raise ValueError(f"a rule needs at least one of {', '.join(TIER_THRESHOLDS)}")
         return self
 
 
@@ -82,7 +92,13 @@ class TierRulesSection(_Strict):
 
     period: Literal["month", "quarter"] = "month"
     demote: StrictBool = True
+    team_levels: Annotated[int, Field(ge=1, le=3, strict=True)] = 3
+    allow_headcount_rules: StrictBool = False
     rule: list[TierRule] = Field(min_length=1)
+
+    def headcount_rules(self) -> list[int]:
+        """Indexes of the rules that pay on a recruit count (a tier for recruiting people, not for sales)."""
+        return [i for i, r in enumerate(self.rule) if r.min_recruits is not None]
 
 
 class ProductRates(_Strict):
@@ -187,6 +203,14 @@ class FenxiaoConfig(_Strict):
             if rule.tier not in self.tiers:
                 known = ", ".join(sorted(self.tiers))
                 raise ValueError(f"tier_rules.rule.{i}.tier: unknown tier {rule.tier!r} (defined: {known})")
+        if self.tier_rules is not None and not self.tier_rules.allow_headcount_rules:
+            for i in self.tier_rules.headcount_rules():
+                raise ValueError(
+                    f"tier_rules.rule.{i}.min_recruits: a tier for recruiting people pays on headcount, the mark of a"
+                    " pyramid scheme (《禁止传销条例》 art. 7; docs/compliance.md); use sales thresholds"
+                    f" (min_gmv_cents, min_own_sales_cents, min_team_sales_cents), or set tier_rules.{HEADCOUNT_KEY}"
+                    " = true to run it anyway"
+                )
         return self
 
 
@@ -335,9 +359,27 @@ def parse(text: str, source: str = "fenxiao.toml") -> Program:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{source}: not valid TOML: {e}") from e
     try:
-        return resolve(FenxiaoConfig.model_validate(data))
+        cfg = FenxiaoConfig.model_validate(data)
     except ValidationError as e:
         raise ConfigError(f"{source}: {_explain(e)}") from e
+    warn_headcount(cfg, source)
+    return resolve(cfg)
+
+
+def warn_headcount(cfg: FenxiaoConfig, source: str) -> list[str]:
+    """Log (and return) a warning for every headcount rule the operator allowed: loud at every start, on purpose."""
+    rules = cfg.tier_rules
+    if rules is None:
+        return []
+    warnings = [
+        f"{source}: tier_rules.rule.{i}.min_recruits pays tier {rules.rule[i].tier!r} on headcount because"
+        f" tier_rules.{HEADCOUNT_KEY} = true; paying for recruiting people is the mark of a pyramid scheme"
+        " (《禁止传销条例》 art. 7), see docs/compliance.md"
+        for i in rules.headcount_rules()
+    ]
+    for text in warnings:
+        log.warning("%s", text)
+    return warnings
 
 
 def load(path: str | Path) -> Program:

@@ -1,11 +1,12 @@
 """Tier upgrades from performance (阶梯式分佣): evaluate [tier_rules] on a past period, publish tier events.
 
-`fenxiao tiers evaluate --period 2026-11` reads each distributor's level-1 GMV and recruits of the period
-and the tier in force at its end (the `performance` report, from ClickHouse or through the worker), picks
-the tier the rules give, and publishes only the changes to fenxiao.tiers as ordinary tier events: event_id
-`tier:{period}:{user}:{tier}` (deterministic, so a repeat is a redelivery the engine ignores), ts = the end of
-the period, so the new rates apply to orders paid from then on. The tier in force is read from the sunk
-tier_events table, so a second run finds its own events there and publishes nothing new.
+`fenxiao tiers evaluate --period 2026-11` reads each distributor's sales of the period (level 1, levels 1..N
+of the team, own purchases), recruits, and the tier in force at its end (the `performance` report, from
+ClickHouse or through the worker), picks the tier the rules give, and publishes only the changes to
+fenxiao.tiers as ordinary tier events: event_id `tier:{period}:{user}:{tier}` (deterministic, so a repeat is a
+redelivery the engine ignores), ts = the end of the period, so the new rates apply to orders paid from then
+on. The tier in force is read from the sunk tier_events table, so a second run finds its own events there and
+publishes nothing new. Rules on a recruit count are refused at config load unless allowed (docs/compliance.md).
 """
 
 from __future__ import annotations
@@ -30,11 +31,22 @@ class TierEvaluationError(Exception):
 
 @dataclass(frozen=True)
 class Standing:
-    """One distributor's numbers for the evaluated period and the tier in force at its end ('' = none)."""
+    """One distributor's numbers for the evaluated period and the tier in force at its end ('' = none).
+
+    gmv_cents is level-1 (direct) sales; level2/level3 the sales they earned on through their team; own sales
+    are their own purchases. All are accepted paid GMV, gross of refunds, in cents.
+    """
 
     gmv_cents: int
     recruits: int
     tier: str = ""
+    own_sales_cents: int = 0
+    level2_gmv_cents: int = 0
+    level3_gmv_cents: int = 0
+
+    def team_sales(self, levels: int) -> int:
+        """Sales of levels 1..`levels` (team sales, 团队业绩)."""
+        return sum((self.gmv_cents, self.level2_gmv_cents, self.level3_gmv_cents)[:levels])
 
 
 @dataclass
@@ -57,7 +69,10 @@ def load_rules(path: str | Path) -> TierRulesSection:
     parse(text, str(p))
     rules = FenxiaoConfig.model_validate(tomllib.loads(text)).tier_rules
     if rules is None:
-        raise ConfigError(f"{p}: no tier_rules table: add tier_rules.rule entries (tier, min_gmv_cents, min_recruits)")
+        raise ConfigError(
+            f"{p}: no tier_rules table: add tier_rules.rule entries (tier and min_gmv_cents, min_own_sales_cents"
+            " and/or min_team_sales_cents)"
+        )
     return rules
 
 
@@ -65,6 +80,10 @@ def target_tier(rules: TierRulesSection, standing: Standing) -> str:
     """The first rule (rules are listed best first) whose every threshold is met; none met -> standard."""
     for rule in rules.rule:
         if rule.min_gmv_cents is not None and standing.gmv_cents < rule.min_gmv_cents:
+            continue
+        if rule.min_own_sales_cents is not None and standing.own_sales_cents < rule.min_own_sales_cents:
+            continue
+        if rule.min_team_sales_cents is not None and standing.team_sales(rules.team_levels) < rule.min_team_sales_cents:
             continue
         if rule.min_recruits is not None and standing.recruits < rule.min_recruits:
             continue
@@ -126,7 +145,14 @@ def tier_records(changes: Mapping[str, str], period: Period) -> list[dict[str, A
 def standings_from_rows(rows: Sequence[Mapping[str, Any]]) -> dict[str, Standing]:
     """The `performance` report's rows as standings."""
     return {
-        str(r["distributor"]): Standing(int(r["gmv_cents"] or 0), int(r["recruits"] or 0), str(r["tier"] or ""))
+        str(r["distributor"]): Standing(
+            int(r["gmv_cents"] or 0),
+            int(r["recruits"] or 0),
+            str(r["tier"] or ""),
+            own_sales_cents=int(r.get("own_sales_cents") or 0),
+            level2_gmv_cents=int(r.get("level2_gmv_cents") or 0),
+            level3_gmv_cents=int(r.get("level3_gmv_cents") or 0),
+        )
         for r in rows
     }
 

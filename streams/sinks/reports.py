@@ -26,7 +26,7 @@ from streams.sinks.clickhouse import ChdbBackend, ClickHouse
 
 
 def outcome(ch: ClickHouse) -> dict[str, Any]:
-    """Balances, bindings, entry sums and totals as ClickHouse holds them, plus the daily aggregate's totals."""
+    """Balances, bindings, entry sums and totals as ClickHouse holds them (v2's four balances once money moved out)."""
     daily = sink.daily_commissions(ch)
     agg = {
         "accrued": sum(r.accrued_cents for r in daily.values()),
@@ -34,8 +34,20 @@ def outcome(ch: ClickHouse) -> dict[str, Any]:
         "settled": sum(r.settled_cents for r in daily.values()),
         "clawed_back": sum(r.clawed_back_cents for r in daily.values()),
     }
+    if sink.has_money_out(ch):
+        balances: dict[str, dict[str, int]] = {
+            u: {
+                "available_cents": b.available_cents,
+                "pending_cents": b.pending_cents,
+                "reserved_cents": b.reserved_cents,
+                "withdrawn_cents": b.withdrawn_cents,
+            }
+            for u, b in sorted(sink.balances_v2(ch).items())
+        }
+    else:
+        balances = {u: {"available_cents": a, "pending_cents": p} for u, (p, a) in sorted(sink.balances(ch).items())}
     return {
-        "balances": {u: {"available_cents": a, "pending_cents": p} for u, (p, a) in sorted(sink.balances(ch).items())},
+        "balances": balances,
         "bindings": dict(sorted(sink.bindings(ch).items())),
         "entries": dict(sorted(sink.entry_sums(ch).items())),
         "totals": sink.ledger_totals(ch),
@@ -80,13 +92,12 @@ def print_demo_report(path: Path, console: Console) -> None:
         for level, acc, rev, sett, claw, n in rows:
             levels.add_row(str(level), _yuan(acc), _yuan(rev), _yuan(sett), _yuan(claw), f"{n:,}")
         console.print(levels)
-        top = Table(title="top 10 distributors (net commission)")
-        for col in ("distributor", "net earned", "available 可提现"):
+        top = Table(title="top 10 distributors (net commission and adjustments)")
+        for col in ("distributor", "net earned", "available 可提现", "withdrawn 已提现"):
             top.add_column(col, justify="right")
-        for user, (pending, available) in sorted(
-            sink.balances(ch).items(), key=lambda kv: kv[1][0] + kv[1][1], reverse=True
-        )[:10]:
-            top.add_row(user, _yuan(pending + available), _yuan(available))
+        # Net earned includes what is paid out or being paid: a withdrawal spends earnings, it does not undo them.
+        for user, b in sorted(sink.balances_v2(ch).items(), key=lambda kv: sum(kv[1]), reverse=True)[:10]:
+            top.add_row(user, _yuan(sum(b)), _yuan(b.available_cents), _yuan(b.withdrawn_cents))
         console.print(top)
         minutes = Table(title="the sale minute by minute (UTC)")
         for col in ("minute", "paid orders", "GMV", "commission accrued"):
@@ -130,6 +141,8 @@ class Chart:
     y: tuple[str, ...]
     y2: tuple[str, ...] = ()  # drawn as lines on a second axis
     title: str = ""
+    x: tuple[str, ...] = ()  # columns whose values, joined, label a row (default: the first column)
+    total_row: bool = False  # the last row is a total: not drawn (it would dwarf the others)
 
 
 @dataclass
@@ -159,7 +172,14 @@ class Report:
             "notes": self.notes,
             "chart": None
             if self.chart is None
-            else {"kind": self.chart.kind, "y": self.chart.y, "y2": self.chart.y2, "title": self.chart.title},
+            else {
+                "kind": self.chart.kind,
+                "y": self.chart.y,
+                "y2": self.chart.y2,
+                "title": self.chart.title,
+                "x": self.chart.x,
+                "total_row": self.chart.total_row,
+            },
         }
 
     @classmethod
@@ -176,7 +196,14 @@ class Report:
             notes=list(data.get("notes") or []),
             chart=None
             if not chart
-            else Chart(chart["kind"], tuple(chart["y"]), tuple(chart.get("y2") or ()), chart.get("title", "")),
+            else Chart(
+                chart["kind"],
+                tuple(chart["y"]),
+                tuple(chart.get("y2") or ()),
+                chart.get("title", ""),
+                tuple(chart.get("x") or ()),
+                bool(chart.get("total_row", False)),
+            ),
         )
 
 
@@ -225,15 +252,17 @@ def render_chart(report: Report, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     spec = report.chart
+    drawn = report.rows[:-1] if spec.total_row else report.rows
     by_key = {c.key: (i, c) for i, c in enumerate(report.columns)}
-    labels = [str(row[0]) for row in report.rows]
+    label_at = [by_key[k][0] for k in spec.x] or [0]
+    labels = [" ".join(str(row[i]) for i in label_at) for row in drawn]
 
     def series(key: str) -> tuple[str, list[float]]:
         index, column = by_key[key]
         unit = " (¥)" if column.kind == CENTS else " (%)" if column.kind == BPS else ""
         divisor = 100 if column.kind in (CENTS, BPS) else 1
         # Floats only to draw: cents -> yuan, bps -> percent.
-        values = [0.0 if row[index] is None else int(row[index] or 0) / divisor for row in report.rows]
+        values = [0.0 if row[index] is None else int(row[index] or 0) / divisor for row in drawn]
         return column.label + unit, values
 
     fig, ax = plt.subplots(figsize=(max(8.0, min(24.0, 0.25 * len(labels) + 4)), 5.5), dpi=110)
@@ -257,7 +286,9 @@ def render_chart(report: Report, path: Path) -> Path:
     else:
         step = max(1, len(labels) // 20)
         ax.set_xticks(positions[::step], labels[::step], rotation=45, ha="right")
-    ax.set_ylabel(", ".join(series(k)[0] for k in spec.y))
+    all_cents = all(by_key[k][1].kind == CENTS for k in spec.y)
+    # Past two series the legend names them; the axis says the unit, or the label would run off the figure.
+    ax.set_ylabel("amount (¥)" if len(spec.y) > 2 and all_cents else ", ".join(series(k)[0] for k in spec.y))
     lines, names_ = ax.get_legend_handles_labels()
     if spec.y2:
         ax2 = ax.twinx()
@@ -588,7 +619,8 @@ def refunds(ch: ClickHouse, params: Mapping[str, str]) -> Report:
         " uniqExactIf(order_id, kind IN ('reversed', 'clawed_back')) AS refunded,"
         " sumIf(amount_cents, kind = 'accrued') AS acc, sumIf(amount_cents, kind = 'reversed') AS rev,"
         " sumIf(amount_cents, kind = 'clawed_back') AS claw"
-        " FROM ledger_entries FINAL GROUP BY beneficiary_id"
+        " FROM ledger_entries FINAL WHERE kind IN ('accrued', 'reversed', 'settled', 'clawed_back')"
+        " GROUP BY beneficiary_id"
         " ORDER BY if(acc = 0, 0, intDiv(-(rev + claw) * 10000, acc)) DESC, acc DESC, beneficiary_id"
         " LIMIT {limit:UInt32}",
         {"limit": limit},
@@ -685,14 +717,20 @@ def team(ch: ClickHouse, params: Mapping[str, str]) -> Report:
 
 
 def performance(ch: ClickHouse, params: Mapping[str, str]) -> Report:
-    """Per distributor in a period: level-1 GMV, recruits, and the tier in force at its end (tier evaluation input)."""
+    """Per distributor in a period: sales (level 1, 2, 3 and own purchases), recruits, and the tier at its end."""
     period = parse_period(params.get("period") or "month", _required(params, "at"))
     bounds: dict[str, object] = {"start": period.start, "end": period.end}
+    # Each accepted paid order counts for its level 1..3 beneficiaries (lvl 1..3) and for its buyer (lvl 0, own
+    # purchases) when the buyer signed up; recruits are bindings that name the distributor.
     rows = ch.query(
-        "SELECT d, sum(g), sum(r) FROM ("
-        f" SELECT l1 AS d, amount AS g, toUInt64(0) AS r FROM ({accepted()})"
-        " WHERE l1 != '' AND toDate(at) >= {start:Date} AND toDate(at) < {end:Date}"
-        " UNION ALL SELECT assumeNotNull(inviter_id) AS d, toInt64(0) AS g, toUInt64(1) AS r FROM bindings FINAL"
+        "SELECT d, sumIf(g, lvl = 1), sumIf(g, lvl = 2), sumIf(g, lvl = 3), sumIf(g, lvl = 0), sum(r) FROM ("
+        " SELECT tupleElement(p, 1) AS d, tupleElement(p, 2) AS lvl, amount AS g, toUInt64(0) AS r"
+        f" FROM ({accepted()})"
+        " ARRAY JOIN [(l1, toUInt8(1)), (l2, toUInt8(2)), (l3, toUInt8(3)), (buyer, toUInt8(0))] AS p"
+        " WHERE d != '' AND toDate(at) >= {start:Date} AND toDate(at) < {end:Date}"
+        " AND (lvl != 0 OR d IN (SELECT user_id FROM bindings))"
+        " UNION ALL SELECT assumeNotNull(inviter_id) AS d, toUInt8(0) AS lvl, toInt64(0) AS g, toUInt64(1) AS r"
+        " FROM bindings FINAL"
         " WHERE inviter_id IS NOT NULL AND toDate(ts) >= {start:Date} AND toDate(ts) < {end:Date}"
         ") GROUP BY d",
         bounds,
@@ -703,22 +741,126 @@ def performance(ch: ClickHouse, params: Mapping[str, str]) -> Report:
         bounds,
     )
     current = {str(u): str(t) for u, t in tiers}
-    stats = {str(d): (int(g), int(r)) for d, g, r in rows}
-    out: list[list[Cell]] = [
-        [user, *stats.get(user, (0, 0)), current.get(user, "")] for user in sorted(set(stats) | set(current))
-    ]
+    stats = {str(d): (int(g1), int(g2), int(g3), int(own), int(r)) for d, g1, g2, g3, own, r in rows}
+    out: list[list[Cell]] = []
+    for user in sorted(set(stats) | set(current)):
+        g1, g2, g3, own, recruits = stats.get(user, (0, 0, 0, 0, 0))
+        out.append([user, g1, g2, g3, g1 + g2 + g3, own, recruits, current.get(user, "")])
     return Report(
         "performance",
         f"distributor performance in {period.label}",
         [
             Column("distributor", "distributor", TEXT),
             Column("gmv_cents", "GMV (level 1)", CENTS),
+            Column("level2_gmv_cents", "GMV (level 2)", CENTS),
+            Column("level3_gmv_cents", "GMV (level 3)", CENTS),
+            Column("team_gmv_cents", "team GMV (levels 1-3)", CENTS),
+            Column("own_sales_cents", "own purchases", CENTS),
             Column("recruits", "recruits"),
             Column("tier", "tier at period end", TEXT),
         ],
         out,
         {"period": period.kind, "at": period.label, "end": period.end_instant.isoformat()},
-        ["tier at period end: the latest tier event at or before the end of the period ('' = none: standard)"],
+        [
+            "GMV at level l: accepted paid orders on which the distributor earned at level l (gross of refunds);"
+            " own purchases: accepted paid orders the distributor bought themself",
+            "tier at period end: the latest tier event at or before the end of the period ('' = none: standard)",
+        ],
+    )
+
+
+# One row per withdrawal transition, with the channel of its request (every state record should carry it; the
+# request's row always does). `{where}` narrows the withdrawals by a fixed, parameterized condition.
+_TRANSITIONS = (
+    "SELECT s.withdrawal_id AS wid, s.status AS status, s.amount_cents AS amount, ifNull(s.fee_cents, 0) AS fee,"
+    " ifNull(s.payout_cents, s.amount_cents - ifNull(s.fee_cents, 0)) AS payout, toDate(s.ts) AS day,"
+    " c.channel AS channel"
+    " FROM withdrawal_states AS s FINAL"
+    " INNER JOIN (SELECT withdrawal_id, max(channel) AS channel FROM withdrawal_states FINAL {where}"
+    " GROUP BY withdrawal_id) AS c ON c.withdrawal_id = s.withdrawal_id"
+)
+NO_CHANNEL = "(none)"
+
+
+def payouts(ch: ClickHouse, params: Mapping[str, str]) -> Report:
+    """Withdrawals per UTC day and channel: requested, paid (amount, fee, payout), rejected and failed, in cents."""
+    bounds: dict[str, object] = {"d": params.get("distributor") or ""}
+    where = "WHERE {d:String} = '' OR distributor_id = {d:String}"
+    picked = ""
+    label = "all time"
+    if params.get("at"):
+        period = parse_period(params.get("period") or "month", params["at"])
+        bounds |= {"start": period.start, "end": period.end}
+        picked = " WHERE day >= {start:Date} AND day < {end:Date}"
+        label = period.label
+    rows = ch.query(
+        "SELECT day, channel,"
+        " countIf(status = 'requested'), sumIf(amount, status = 'requested'),"
+        " countIf(status = 'paid'), sumIf(amount, status = 'paid'), sumIf(fee, status = 'paid'),"
+        " sumIf(payout, status = 'paid'),"
+        " countIf(status = 'rejected'), sumIf(amount, status = 'rejected'),"
+        " countIf(status = 'failed'), sumIf(amount, status = 'failed')"
+        f" FROM ({_TRANSITIONS.format(where=where)}){picked}"
+        " GROUP BY day, channel HAVING countIf(status != 'approved') > 0 ORDER BY day, channel",
+        bounds,
+    )
+    open_rows = ch.query(
+        "SELECT count(), sum(amount) FROM (SELECT withdrawal_id, any(amount_cents) AS amount,"
+        " countIf(status IN ('rejected', 'paid', 'failed')) AS done FROM withdrawal_states FINAL"
+        f" {where} GROUP BY withdrawal_id) WHERE done = 0",
+        bounds,
+    )
+    out: list[list[Cell]] = []
+    total = [0] * 10
+    for day, channel, *values in rows:
+        numbers = [int(v) for v in values]
+        total = [a + b for a, b in zip(total, numbers, strict=True)]
+        out.append([day.isoformat(), str(channel) or NO_CHANNEL, *numbers])
+    if out:
+        out.append(["all days", "all channels", *total])
+    open_count, open_cents = (int(open_rows[0][0] or 0), int(open_rows[0][1] or 0)) if open_rows else (0, 0)
+    who = params.get("distributor")
+    return Report(
+        "payouts",
+        f"payouts {label}{f' of {who[:64]}' if who else ''}: {_yuan(total[3])} paid out of {_yuan(total[1])} requested",
+        [
+            Column("day", "day (UTC)", TEXT),
+            Column("channel", "channel", TEXT),
+            Column("requested", "requested"),
+            Column("requested_cents", "requested amount", CENTS),
+            Column("paid", "paid"),
+            Column("paid_cents", "paid amount", CENTS),
+            Column("fee_cents", "fees", CENTS),
+            Column("payout_cents", "paid to distributors", CENTS),
+            Column("rejected", "rejected"),
+            Column("rejected_cents", "rejected amount", CENTS),
+            Column("failed", "failed"),
+            Column("failed_cents", "failed amount", CENTS),
+        ],
+        out,
+        {
+            k: v
+            for k, v in (
+                ("period", params.get("period") or ""),
+                ("at", label if params.get("at") else ""),
+                ("distributor", who or ""),
+            )
+            if v
+        },
+        [
+            "each transition counts on the UTC day of its event: a request made on one day and paid on the next"
+            " is requested on the first and paid on the second; channel is the request's ('(none)' = not given)",
+            "paid amount = fees + paid to distributors; rejected and failed amounts went back to available",
+            f"open now: {open_count} withdrawal(s) of {_yuan(open_cents)} requested or approved, not yet settled",
+        ],
+        Chart(
+            "bar",
+            ("requested_cents", "paid_cents", "rejected_cents", "failed_cents"),
+            ("fee_cents",),
+            title="payouts per day and channel",
+            x=("day", "channel"),
+            total_row=True,
+        ),
     )
 
 
@@ -732,6 +874,7 @@ REPORTS: dict[str, ReportFunction] = {
     "refunds": refunds,
     "team": team,
     "performance": performance,
+    "payouts": payouts,
 }
 PARAMS: tuple[str, ...] = ("period", "metric", "at", "campaign", "id", "distributor", "limit")
 

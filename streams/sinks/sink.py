@@ -53,9 +53,16 @@ ORDERS = "orders"
 DEAD_LETTERS = "dead_letters"
 TIER_EVENTS = "tier_events"
 LIMITED_CLICKS = "limited_clicks"
+WITHDRAWAL_STATES = "withdrawal_states"
 
 KINDS: tuple[str, ...] = ("accrued", "reversed", "settled", "clawed_back")
+# Contract v2's money-out kinds: level 0, no order, a withdrawal_id or adjustment_id instead.
+MONEY_OUT_KINDS: tuple[str, ...] = ("held", "released", "withdrawn", "adjusted")
+ALL_KINDS: tuple[str, ...] = KINDS + MONEY_OUT_KINDS
 _KIND_SET = frozenset(KINDS)
+_MONEY_OUT_SET = frozenset(MONEY_OUT_KINDS)
+WITHDRAWAL_STATUSES: tuple[str, ...] = ("requested", "approved", "rejected", "paid", "failed")
+_STATUS_SET = frozenset(WITHDRAWAL_STATUSES)
 
 Row = Mapping[str, Any]
 Values = tuple[object, ...]
@@ -72,23 +79,54 @@ def _cents(value: object, what: str) -> object:
 
 
 def _ledger_values(r: Row) -> Values:
-    """A ledger entry (fenxiao.commissions record) as ledger_entries values."""
+    """A ledger entry (fenxiao.commissions record) as ledger_entries values; v2 nulls and absent fields become ''."""
     kind, level = r["kind"], r["level"]
-    if kind not in _KIND_SET:
+    if kind in _KIND_SET:
+        if type(level) is not int or not 1 <= level <= 3:
+            raise ValueError(f"ledger entry {r.get('entry_id')!r}: level must be 1, 2 or 3, got {level!r}")
+    elif kind in _MONEY_OUT_SET:
+        if type(level) is not int or level != 0:
+            raise ValueError(f"ledger entry {r.get('entry_id')!r}: a {kind} entry has level 0, got {level!r}")
+        if not r.get("withdrawal_id" if kind != "adjusted" else "adjustment_id"):
+            what = "adjustment_id" if kind == "adjusted" else "withdrawal_id"
+            raise ValueError(f"ledger entry {r.get('entry_id')!r}: a {kind} entry needs its {what}")
+    else:
         raise ValueError(f"ledger entry {r.get('entry_id')!r}: unknown kind {kind!r}")
-    if type(level) is not int or not 1 <= level <= 3:
-        raise ValueError(f"ledger entry {r.get('entry_id')!r}: level must be 1, 2 or 3, got {level!r}")
     return (
         r["entry_id"],
         r["source_event_id"],
         r["ts"],
-        r["order_id"],
-        r["buyer_id"],
+        r["order_id"] or "",
+        r["buyer_id"] or "",
         r["beneficiary_id"],
         level,
         kind,
         _cents(r["amount_cents"], "amount_cents"),
         r["campaign_id"] or "",
+        r.get("withdrawal_id") or "",
+        r.get("adjustment_id") or "",
+        r.get("reason") or "",
+        _cents(r.get("fee_cents"), "fee_cents"),
+        _cents(r.get("payout_cents"), "payout_cents"),
+    )
+
+
+def _withdrawal_state_values(r: Row) -> Values:
+    """A fenxiao.withdrawal-states record as withdrawal_states values; a null channel becomes ''."""
+    status = r["status"]
+    if status not in _STATUS_SET:
+        raise ValueError(f"withdrawal state {r.get('id')!r}: unknown status {status!r}")
+    return (
+        r["id"],
+        r["withdrawal_id"],
+        r["distributor_id"],
+        status,
+        _cents(r["amount_cents"], "amount_cents"),
+        r.get("channel") or "",
+        _cents(r.get("fee_cents"), "fee_cents"),
+        _cents(r.get("payout_cents"), "payout_cents"),
+        r["ts"],
+        r.get("event_id") or "",
     )
 
 
@@ -268,6 +306,11 @@ TABLES: dict[str, _Table] = {
             "kind",
             "amount_cents",
             "campaign_id",
+            "withdrawal_id",
+            "adjustment_id",
+            "reason",
+            "fee_cents",
+            "payout_cents",
         ),
         _ledger_values,
         _first,
@@ -331,6 +374,27 @@ TABLES: dict[str, _Table] = {
         _first,
         "event_id",
         "DISTINCT event_id",
+        _first,
+    ),
+    # One row per accepted transition: the worker's id "<withdrawal_id>:<status>" is the dedupe key.
+    WITHDRAWAL_STATES: _Table(
+        WITHDRAWAL_STATES,
+        (
+            "id",
+            "withdrawal_id",
+            "distributor_id",
+            "status",
+            "amount_cents",
+            "channel",
+            "fee_cents",
+            "payout_cents",
+            "ts",
+            "event_id",
+        ),
+        _withdrawal_state_values,
+        _first,
+        "id",
+        "DISTINCT id",
         _first,
     ),
 }
@@ -491,29 +555,59 @@ class ClickHouseSink:
 
 
 def ledger_totals(ch: ClickHouse) -> dict[str, int]:
-    """Sum of amount_cents per kind, every kind present (0 when it has no entries)."""
-    totals = dict.fromkeys(KINDS, 0)
-    for kind, total in ch.query(f"SELECT kind, sum(amount_cents) FROM {LEDGER} FINAL GROUP BY kind"):
-        totals[str(kind)] = int(total)
+    """Sum of amount_cents per kind: the four order kinds always, all eight once any money-out entry is stored."""
+    rows = {
+        str(kind): int(total)
+        for kind, total in ch.query(f"SELECT kind, sum(amount_cents) FROM {LEDGER} FINAL GROUP BY kind")
+    }
+    totals = dict.fromkeys(ALL_KINDS if _MONEY_OUT_SET & set(rows) else KINDS, 0)
+    totals.update(rows)
     return totals
 
 
+# The spec's balances over the eight kinds (Contract v2, "Ledger entries and balances, completed").
+_PENDING = "sumIf(amount_cents, kind IN ('accrued', 'reversed')) - sumIf(amount_cents, kind = 'settled')"
+_AVAILABLE = "sumIf(amount_cents, kind IN ('settled', 'clawed_back', 'adjusted', 'held', 'released'))"
+_RESERVED = "-sumIf(amount_cents, kind IN ('held', 'released')) + sumIf(amount_cents, kind = 'withdrawn')"
+_WITHDRAWN = "-sumIf(amount_cents, kind = 'withdrawn')"
+
+
 def balances(ch: ClickHouse) -> dict[str, tuple[int, int]]:
-    """(pending, available) cents per beneficiary: accrued + reversed − settled, and settled + clawed_back."""
-    rows = ch.query(
-        "SELECT beneficiary_id,"
-        " sumIf(amount_cents, kind IN ('accrued', 'reversed')) - sumIf(amount_cents, kind = 'settled'),"
-        " sumIf(amount_cents, kind IN ('settled', 'clawed_back'))"
-        f" FROM {LEDGER} FINAL GROUP BY beneficiary_id"
-    )
+    """(pending, available) cents per beneficiary; available includes adjustments and what withdrawals hold."""
+    rows = ch.query(f"SELECT beneficiary_id, {_PENDING}, {_AVAILABLE} FROM {LEDGER} FINAL GROUP BY beneficiary_id")
     return {str(user): (int(pending), int(available)) for user, pending, available in rows}
 
 
-def entry_sums(ch: ClickHouse) -> dict[str, int]:
-    """Sum of amount_cents keyed "{order_id}|{level}|{beneficiary_id}|{kind}" (the spec examples' `entries`)."""
+class Balance(NamedTuple):
+    """The four balances of Contract v2, in cents."""
+
+    pending_cents: int
+    available_cents: int
+    reserved_cents: int
+    withdrawn_cents: int
+
+
+def balances_v2(ch: ClickHouse) -> dict[str, Balance]:
+    """Pending, available, reserved (提现中) and withdrawn (已提现) cents per beneficiary."""
     rows = ch.query(
-        "SELECT order_id, level, beneficiary_id, kind, sum(amount_cents)"
-        f" FROM {LEDGER} FINAL GROUP BY order_id, level, beneficiary_id, kind"
+        f"SELECT beneficiary_id, {_PENDING}, {_AVAILABLE}, {_RESERVED}, {_WITHDRAWN}"
+        f" FROM {LEDGER} FINAL GROUP BY beneficiary_id"
+    )
+    return {str(user): Balance(*(int(v) for v in sums)) for user, *sums in rows}
+
+
+def has_money_out(ch: ClickHouse) -> bool:
+    """Whether any entry of a money-out kind is stored (the outcome then takes the v2 shape, as the engine's does)."""
+    rows = ch.query(f"SELECT count() FROM {LEDGER} WHERE kind IN ('held', 'released', 'withdrawn', 'adjusted')")
+    return bool(rows and rows[0][0])
+
+
+def entry_sums(ch: ClickHouse) -> dict[str, int]:
+    """Sum of amount_cents keyed "{order}|{level}|{beneficiary_id}|{kind}" (w:<withdrawal> / a:<adjustment> for v2)."""
+    rows = ch.query(
+        "SELECT multiIf(withdrawal_id != '', concat('w:', withdrawal_id), adjustment_id != '',"
+        " concat('a:', adjustment_id), order_id) AS what, level, beneficiary_id, kind, sum(amount_cents)"
+        f" FROM {LEDGER} FINAL GROUP BY what, level, beneficiary_id, kind"
     )
     return {f"{order}|{level}|{user}|{kind}": int(total) for order, level, user, kind, total in rows}
 
@@ -578,7 +672,8 @@ _REBUILD = (
     " SELECT toDate(ts) AS day, beneficiary_id, level, campaign_id,"
     " sumIf(amount_cents, kind = 'accrued'), sumIf(amount_cents, kind = 'reversed'),"
     " sumIf(amount_cents, kind = 'settled'), sumIf(amount_cents, kind = 'clawed_back'), count()"
-    f" FROM {LEDGER} FINAL GROUP BY day, beneficiary_id, level, campaign_id",
+    f" FROM {LEDGER} FINAL WHERE kind IN ('accrued', 'reversed', 'settled', 'clawed_back')"
+    " GROUP BY day, beneficiary_id, level, campaign_id",
     "TRUNCATE TABLE campaign_minute",
     "INSERT INTO campaign_minute"
     " SELECT toDateTime(toStartOfMinute(ts), 'UTC') AS minute, campaign_id, countIf(type = 'paid'),"

@@ -27,6 +27,7 @@ from streams.sinks.sink import (
     LIMITED_CLICKS,
     ORDERS,
     TIER_EVENTS,
+    WITHDRAWAL_STATES,
     ClickHouseSink,
 )
 
@@ -57,6 +58,8 @@ def buffer_record(sink: ClickHouseSink, topic: str, raw: bytes | None) -> None:
         sink.add(DEAD_LETTERS, _json(raw))
     elif topic == names.CLICKS_LIMITED:
         sink.add(LIMITED_CLICKS, _json(raw))
+    elif topic == names.WITHDRAWAL_STATES:
+        sink.add(WITHDRAWAL_STATES, _json(raw))
     else:
         ev = decode(topic, raw)
         if not isinstance(ev, Invalid):
@@ -129,6 +132,16 @@ async def lag(consumer: Any) -> int | None:
     return await unread(consumer, parts) if parts else None
 
 
+async def existing_sources(consumer: Any) -> list[str]:
+    """The sink's source topics that exist: subscribing to a missing one would fail the consumer's start."""
+    available = await consumer.topics()
+    missing = [t for t in names.SINK_SOURCES if t not in available]
+    if missing:
+        # The worker creates every topic before it spawns the sink, so this is a stack older than the sink.
+        log.warning("ClickHouse sink: %s not in the cluster; not read until the sink restarts", ", ".join(missing))
+    return [t for t in names.SINK_SOURCES if t in available]
+
+
 @dataclass
 class SinkProgress:
     """What the sink loop has done, for the sink process's /status."""
@@ -143,7 +156,6 @@ async def sink_to_clickhouse(
 ) -> None:
     """Batch rows per poll and write each batch once; offsets are committed only after the write."""
     consumer = AIOKafkaConsumer(
-        *names.SINK_SOURCES,
         bootstrap_servers=bootstrap,
         group_id=group_id,
         enable_auto_commit=False,
@@ -153,6 +165,7 @@ async def sink_to_clickhouse(
     )
     await consumer.start()
     try:
+        consumer.subscribe(await existing_sources(consumer))
         while not stopping.is_set():
             batch = await take(consumer, progress)
             if not batch:

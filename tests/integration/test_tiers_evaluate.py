@@ -27,6 +27,7 @@ SILVER_RECRUITS = 2
 
 RULES = f"""
 [tier_rules]
+allow_headcount_rules = true  # the test checks recruits still evaluate when an operator allows them
 period = "month"
 [[tier_rules.rule]]
 tier = "gold"

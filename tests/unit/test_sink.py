@@ -337,9 +337,25 @@ def test_optional_fields_become_empty_strings_and_missing_amounts_stay_null() ->
         {"event_id": "o1", "ts": "2026-11-11T00:00:00.000Z", "order_id": "o", "type": "completed", "buyer_id": "b"},
     )
     sink.flush()
-    assert ch.tables[LEDGER][0][-1] == ""
+    stored = dict(zip(TABLES[LEDGER].columns, ch.tables[LEDGER][0], strict=True))
+    assert stored["campaign_id"] == "" and stored["withdrawal_id"] == "" and stored["adjustment_id"] == ""
+    assert stored["fee_cents"] is None and stored["payout_cents"] is None
     assert ch.tables[CLICKS][0] == ("c1", "2026-11-11T00:00:00.000Z", "v1", "u1", "", "", "", "")
     assert ch.tables[ORDERS][0] == ("o1", "2026-11-11T00:00:00.000Z", "o", "completed", "b", None, "", "", "")
+
+
+def test_money_out_entries_store_their_v2_fields_and_null_order_fields_as_empty() -> None:
+    ch = FakeClickHouse()
+    sink, _ = new_sink(ch)
+    paid = entry(1, kind="withdrawn", level=0, order_id=None, buyer_id=None, campaign_id=None, amount_cents=-5000)
+    sink.add(LEDGER, {**paid, "withdrawal_id": "w1", "fee_cents": 30, "payout_cents": 4970})
+    award = entry(2, kind="adjusted", level=0, order_id=None, buyer_id=None, campaign_id=None, amount_cents=10000)
+    sink.add(LEDGER, {**award, "adjustment_id": "award:2026-11:earnings:1", "reason": "best of November"})
+    sink.flush()
+    rows = [dict(zip(TABLES[LEDGER].columns, row, strict=True)) for row in ch.tables[LEDGER]]
+    assert [(r["order_id"], r["buyer_id"], r["campaign_id"], r["level"]) for r in rows] == [("", "", "", 0)] * 2
+    assert (rows[0]["withdrawal_id"], rows[0]["fee_cents"], rows[0]["payout_cents"]) == ("w1", 30, 4970)
+    assert (rows[1]["adjustment_id"], rows[1]["reason"]) == ("award:2026-11:earnings:1", "best of November")
 
 
 def test_binding_records_dedupe_on_the_whole_record() -> None:

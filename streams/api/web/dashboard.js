@@ -11,7 +11,7 @@
   }
   const token = sessionStorage.getItem("fx-token") || "";
   const $ = (id) => document.getElementById(id);
-  const state = { live: null, entries: 0 };
+  const state = { live: null, entries: 0, queue: null, queueTimer: null, actions: [] };
   window.__fx = state;
 
   function yuan(cents) {
@@ -20,11 +20,25 @@
     return (neg ? "-¥" : "¥") + whole + "." + String(abs % 100).padStart(2, "0");
   }
 
-  async function api(path) {
-    const r = await fetch(path, { headers: { Authorization: "Bearer " + token } });
-    const body = await r.json();
-    if (!r.ok) throw new Error(body.error || ("HTTP " + r.status));
+  async function api(path, init) {
+    const opts = init || {};
+    const r = await fetch(path, { ...opts, headers: { Authorization: "Bearer " + token, ...(opts.headers || {}) } });
+    const body = await r.json().catch(() => ({}));
+    if (!r.ok) {
+      const e = new Error(body.error || ("HTTP " + r.status));
+      e.status = r.status;
+      throw e;
+    }
     return body;
+  }
+
+  // One Idempotency-Key per (action, withdrawal): a double click or a retry after a lost answer creates nothing new.
+  async function idempotencyKey(action, id) {
+    const plain = "dash:" + action + ":" + id;
+    if (plain.length <= 128 && /^[A-Za-z0-9._:-]+$/.test(plain)) return plain;
+    const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(id));
+    const hex = Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
+    return "dash:" + action + ":" + hex.slice(0, 40);
   }
 
   function setStatus(text, live) {
@@ -32,12 +46,18 @@
     $("status").className = "pill" + (live ? " live" : "");
   }
 
+  function what(entry) {
+    if (entry.withdrawal_id) return "withdrawal " + entry.withdrawal_id;
+    if (entry.adjustment_id) return "adjustment " + entry.adjustment_id + (entry.reason ? " (" + entry.reason + ")" : "");
+    return "L" + entry.level + " " + entry.order_id;
+  }
+
   function tick(listId, entry, showWho) {
     const li = document.createElement("li");
     const cls = entry.amount_cents < 0 ? "neg" : "pos";
     const cells = [
       [entry.ts.replace("T", " ").slice(0, 19), ""],
-      [(showWho ? entry.beneficiary_id + " · " : "") + "L" + entry.level + " " + entry.order_id, ""],
+      [(showWho ? entry.beneficiary_id + " · " : "") + what(entry), ""],
       [entry.kind, "kind"],
       [yuan(entry.amount_cents), cls],
     ];
@@ -136,10 +156,81 @@
       const d = await api("/api/distributors/" + encodeURIComponent(id));
       $("d-pending").textContent = yuan(d.pending_cents);
       $("d-available").textContent = yuan(d.available_cents);
+      $("d-reserved").textContent = yuan(d.reserved_cents || 0);
+      $("d-withdrawn").textContent = yuan(d.withdrawn_cents || 0);
       $("d-lifetime").textContent = yuan(d.lifetime_earned_cents);
       $("d-tier").textContent = d.tier;
       $("d-team").textContent = d.team.level1 + " / " + d.team.level2 + " / " + d.team.level3;
     } catch (e) { setStatus(String(e.message), false); }
+  }
+
+  // The next steps an operator can take from each open state (contract v2 withdrawals).
+  const ACTIONS = { requested: [["approve", "ok"], ["reject", "no"]], approved: [["paid", "ok"], ["failed", "no"], ["reject", "no"]] };
+
+  function short(id) {
+    return id.length > 40 ? id.slice(0, 37) + "…" : id;
+  }
+
+  function utc(ms) {
+    return typeof ms === "number" ? new Date(ms).toISOString().replace("T", " ").slice(0, 19) : "";
+  }
+
+  async function act(w, action, button) {
+    const row = button.closest("tr");
+    for (const b of row.querySelectorAll("button")) b.disabled = true;
+    try {
+      const key = await idempotencyKey(action, w.withdrawal_id);
+      await api("/api/operator/withdrawals/" + encodeURIComponent(w.withdrawal_id) + "/" + action, {
+        method: "POST",
+        headers: { "Content-Type": "application/json", "Idempotency-Key": key },
+        body: JSON.stringify({ reason: "dashboard" }),
+      });
+      $("q-status").textContent = action + " " + short(w.withdrawal_id) + " sent";
+      state.actions.push({ id: w.withdrawal_id, action: action, key: key });
+    } catch (e) {
+      $("q-status").textContent = action + " " + short(w.withdrawal_id) + ": " + e.message;
+      for (const b of row.querySelectorAll("button")) b.disabled = false;
+    }
+    setTimeout(refreshQueue, 1000);
+  }
+
+  async function refreshQueue() {
+    let q;
+    try {
+      q = await api("/api/operator/withdrawals");
+    } catch (e) {
+      $("q-status").textContent = e.status === 404 ? "(this worker has no write API)" : e.message;
+      if (e.status === 404) clearInterval(state.queueTimer);
+      return;
+    }
+    const list = Array.isArray(q) ? q : (q.withdrawals || q.entries || q.items || []);
+    const body = $("queue").tBodies[0];
+    body.replaceChildren();
+    for (const w of list) {
+      const tr = body.insertRow();
+      tr.dataset.id = w.withdrawal_id;
+      tr.insertCell().textContent = utc(w.requested_ts);
+      for (const id of [w.withdrawal_id, w.distributor_id]) {
+        const c = tr.insertCell();
+        c.textContent = id;
+        c.title = id;
+      }
+      tr.insertCell().textContent = w.channel || "–";
+      const amount = tr.insertCell();
+      amount.className = "num";
+      amount.textContent = yuan(w.amount_cents);
+      tr.insertCell().textContent = w.status;
+      const cell = tr.insertCell();
+      for (const [action, cls] of ACTIONS[w.status] || []) {
+        const b = document.createElement("button");
+        b.textContent = action;
+        b.className = cls;
+        b.dataset.action = action;
+        b.addEventListener("click", () => act(w, action, b));
+        cell.appendChild(b);
+      }
+    }
+    state.queue = list.length;
   }
 
   async function start() {
@@ -149,9 +240,10 @@
       $("who").textContent = "operator";
       $("operator").hidden = false;
       follow("/api/feed", "ticker", true);
-      refreshLive(); refreshBoard();
+      refreshLive(); refreshBoard(); refreshQueue();
       setInterval(refreshLive, 2000);
       setInterval(refreshBoard, 5000);
+      state.queueTimer = setInterval(refreshQueue, 3000);
       $("lb-metric").addEventListener("change", refreshBoard);
       $("lb-period").addEventListener("change", refreshBoard);
     } else {
