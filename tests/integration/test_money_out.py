@@ -115,8 +115,19 @@ def test_money_out_live(pipe: Env) -> None:
     w = pipe.worker(EXAMPLE)
     try:
         pipe.produce(scenario.load_records(EXAMPLE))
-        out, diff = pipe.outcome(scenario.load_expected(EXAMPLE))
+        expected = scenario.load_expected(EXAMPLE)
+        out, diff = pipe.outcome(expected)
         assert_money_out(pipe, out, diff, w)
+        four = ("pending_cents", "available_cents", "reserved_cents", "withdrawn_cents")
+        for uid, balances in expected["balances"].items():
+            got = scenario.http_json(pipe.web_port, f"/api/distributors/{uid}")
+            assert {k: got[k] for k in four} == balances, uid
+        # The example's status events: u4-65 approved (signed up as a non-distributor), u4-77 frozen.
+        statuses = {
+            u: scenario.http_json(pipe.web_port, f"/api/distributors/{u}")["status"] for u in ("u4-65", "u4-77")
+        }
+        assert statuses == {"u4-65": "active", "u4-77": "frozen"}
+        assert scenario.http_json(pipe.web_port, "/api/distributors/u4-1")["status"] is None
     finally:
         w.stop()
 
