@@ -10,7 +10,7 @@ from typing import Annotated, Final, Literal
 
 import msgspec
 
-from schemas.events import MAX_AMOUNT_CENTS, Id
+from schemas.events import MAX_AMOUNT_CENTS, TS_PATTERN, Id
 
 # Outputs always carry the canonical form format_ts writes.
 CANONICAL_TS_PATTERN: Final = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z$(?!\n)"
@@ -77,3 +77,22 @@ class LimitedClickRecord(msgspec.Struct, kw_only=True):
     campaign_id: Id | None
     ts: CanonicalTs
     reason: Literal["visitor_rate", "ip_rate"]
+
+
+class WithdrawalStateRecord(msgspec.Struct, kw_only=True):
+    """One accepted withdrawal transition (fenxiao.withdrawal-states, key distributor_id); id repeats on a replay.
+
+    fee_cents and payout_cents are the fee locked at the request and what the payee gets; null once the
+    withdrawal is rejected or failed (nothing is paid). ts is the moving event's ts as it came in.
+    """
+
+    id: str
+    withdrawal_id: Id
+    distributor_id: Id
+    status: Literal["requested", "approved", "rejected", "paid", "failed"]
+    amount_cents: NonNegativeCents
+    channel: Id | None
+    fee_cents: NonNegativeCents | None
+    payout_cents: NonNegativeCents | None
+    ts: Annotated[str, msgspec.Meta(pattern=TS_PATTERN)]
+    event_id: Id

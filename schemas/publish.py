@@ -130,6 +130,7 @@ TOPICS: dict[str, tuple[type[msgspec.Struct], list[Schema], dict[str, Schema], l
     names.BINDINGS: (outputs.BindingRecord, [], {}, []),
     names.DEAD_LETTERS: (outputs.DeadLetterRecord, [], {}, []),
     names.CLICKS_LIMITED: (outputs.LimitedClickRecord, [], {}, []),
+    names.WITHDRAWAL_STATES: (outputs.WithdrawalStateRecord, [], {}, []),
 }
 INPUTS = (*names.INPUT_TOPICS, *names.V2_INPUT_TOPICS)
 
@@ -168,6 +169,7 @@ KEYS = {
     names.BINDINGS: "user_id",
     names.DEAD_LETTERS: "the refused record's own key",
     names.CLICKS_LIMITED: "visitor_id",
+    names.WITHDRAWAL_STATES: "distributor_id",
 }
 
 

@@ -14,14 +14,11 @@ BINDINGS = "fenxiao.bindings"
 DEAD_LETTERS = "fenxiao.dead-letters"
 CLICKS_LIMITED = "fenxiao.clicks-limited"  # clicks over the rate limit, not used for attribution (docs/decisions.md)
 WITHDRAWAL_STATES = "fenxiao.withdrawal-states"  # one record per accepted withdrawal transition, key distributor_id
-# Contract v2 inputs: decoded by schemas/events.py, not consumed by the worker until the pipeline is wired for them.
-DISTRIBUTORS = "fenxiao.distributors"
-ADJUSTMENTS = "fenxiao.adjustments"
-WITHDRAWALS = "fenxiao.withdrawals"
+# Contract v2 inputs, consumed by the worker beside the v1 ones.
 V2_INPUT_TOPICS: tuple[str, ...] = (DISTRIBUTORS, ADJUSTMENTS, WITHDRAWALS)
 
-INPUT_TOPICS: tuple[str, ...] = (TIERS, CLICKS, SIGNUPS, ORDERS)
-OUTPUT_TOPICS: tuple[str, ...] = (COMMISSIONS, BINDINGS, DEAD_LETTERS, CLICKS_LIMITED)
+INPUT_TOPICS: tuple[str, ...] = (TIERS, CLICKS, SIGNUPS, ORDERS, *V2_INPUT_TOPICS)
+OUTPUT_TOPICS: tuple[str, ...] = (COMMISSIONS, BINDINGS, DEAD_LETTERS, CLICKS_LIMITED, WITHDRAWAL_STATES)
 
 # What the ClickHouse sink reads (signups reach ClickHouse as bindings), with its own consumer group.
 SINK_SOURCES: tuple[str, ...] = (
@@ -36,10 +33,7 @@ SINK_SOURCES: tuple[str, ...] = (
 )
 SINK_GROUP_SUFFIX = ".sink"
 
-# Same-ts tie-break of the spec: tiers < clicks < signups < orders.
-TOPIC_RANK: dict[str, int] = {TIERS: 0, CLICKS: 1, SIGNUPS: 2, ORDERS: 3}
 # Contract v2's full tie-break: tiers < distributors < clicks < signups < orders < adjustments < withdrawals.
-# Separate from TOPIC_RANK, which decides what today's worker consumes.
 TOPIC_RANK_V2: dict[str, int] = {
     TIERS: 0,
     DISTRIBUTORS: 1,
@@ -49,6 +43,8 @@ TOPIC_RANK_V2: dict[str, int] = {
     ADJUSTMENTS: 5,
     WITHDRAWALS: 6,
 }
+# The one same-ts rank the worker and every tool use (v1's relative order tiers < clicks < signups < orders holds).
+TOPIC_RANK: dict[str, int] = TOPIC_RANK_V2
 
 ENV_PREFIX = "FENXIAO_"
 ENV_KAFKA = "FENXIAO_KAFKA"
@@ -77,7 +73,7 @@ KEY_USER = (
 KEY_CLICK = "fx:c:"  # + visitor_id -> hash (latest binding click: t ts ms, r ref, k order key; w window, n its count)
 KEY_IP_CLICKS = "fx:ci:"  # + window id + ":" + ip -> string: clicks from that ip that bound in that window; short TTL
 KEY_ORDER = "fx:o:"  # + order_id -> hash (locked order state, JSON in field s)
-KEY_BALANCE = "fx:b:"  # + user_id -> hash (p pending, a available, l lifetime)
+KEY_BALANCE = "fx:b:"  # + user_id -> hash (p pending, a available, l lifetime, r reserved, w withdrawn)
 KEY_DEAD = "fx:dl"  # set of event ids already dead-lettered (a redelivery does not repeat them)
 KEY_SETTLE = "fx:settle"  # zset order_id -> settle_at ms, completed but not settled
 # The lease, epoch and journal share the hash tag {m}: on a Redis Cluster one script checks and writes them together.
@@ -85,6 +81,12 @@ KEY_EPOCH = "fx:{m}:epoch"  # string: set once the state is complete; its absenc
 KEY_LEASE = "fx:{m}:lease"  # string: the one worker allowed to apply events to this Redis, with a TTL
 KEY_JOURNAL = "fx:{m}:journal"  # hash (cluster only): seq, commands of the last batch, redone after a crash
 KEY_SLOT_MARK = "fx:sm:"  # + "{tag}" (cluster only), one per hash slot -> string "epoch|journal seq applied there"
+# Contract v2 state, written by the worker's commit (docs/redis.md). The user hash fx:u: gains `s` (last status
+# event: active|frozen|revoked; absent = as at signup) and `sk` (its sequence key).
+KEY_WITHDRAWAL = "fx:w:"  # + withdrawal_id -> hash (s JSON state, e JSON list of the event ids that moved it)
+KEY_WITHDRAWAL_QUEUE = "fx:wq"  # zset withdrawal_id -> requested ts ms: open (requested or approved) withdrawals
+KEY_DISTRIBUTOR_WITHDRAWALS = "fx:wu:"  # + distributor_id -> zset withdrawal_id -> requested ts ms
+KEY_ADJUSTMENTS = "fx:adj"  # hash adjustment_id -> the event id that applied it (a repeat is duplicate_adjustment)
 KEY_SEQ = "fx:seq"  # hash: the sequencer's last applied key, for operators
 ENV_SHARE_BASE_URL = "FENXIAO_SHARE_BASE_URL"
 
@@ -111,11 +113,7 @@ ENV_WEBHOOK_SECRET = "FENXIAO_WEBHOOK_SECRET"  # default [webhooks] secret_env: 
 KEY_WEBHOOK_FAILED = "fx:wh:failed"  # stream: deliveries given up after max_attempts (url, id, reason, body), capped
 KEY_WEBHOOK_STATUS = "fx:wh:status"  # hash: field s = the deliverer's status JSON, read by the worker's /status
 
-# ---- h-api: the write API (streams/api/routes.py, streams/api/commands.py) and the withdrawal read models it serves.
-# The three withdrawal keys and WITHDRAWAL_STATES are the lead's shared interface (written by the worker, h-v2wire).
-KEY_WITHDRAWAL = "fx:w:"  # + withdrawal_id -> hash, field s = JSON state of the withdrawal
-KEY_WITHDRAWAL_QUEUE = "fx:wq"  # zset withdrawal_id -> requested ts ms: open withdrawals (requested or approved)
-KEY_DISTRIBUTOR_WITHDRAWALS = "fx:wu:"  # + distributor_id -> zset withdrawal_id -> requested ts ms
+# The write API (streams/api/routes.py, streams/api/commands.py); it reads the withdrawal keys the worker writes.
 KEY_IDEMPOTENCY = "fx:idem:"  # + Idempotency-Key -> string JSON {h body hash, id, event_id, topic, key, value, st}; TTL
 KEY_AUDIT = "fx:audit"  # stream: one entry per operator write (who, at, method, path, body, event_id), MAXLEN ~ capped
 

@@ -175,6 +175,7 @@ async def distributor(view: Any, request: Any, id: str) -> Any:
             "available_cents": int(bal.get("a", 0)),
             "reserved_cents": int(bal.get("r", 0)),  # contract v2: fx:b field r (提现中)
             "withdrawn_cents": int(bal.get("w", 0)),  # contract v2: fx:b field w (已提现)
+            "status": user.get("s"),
             "lifetime_earned_cents": int(bal.get("l", 0)),
             "tier": user.get("r") or DEFAULT_TIER,
             "inviter": user.get("i"),

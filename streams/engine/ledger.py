@@ -125,6 +125,8 @@ class WithdrawalState:
     status: str
     channel: str | None = None
     event_ids: list[str] = field(default_factory=list)
+    requested_ms: int = 0  # ts of the request (the review queue's order)
+    updated_ms: int = 0  # ts of the event that moved it last
 
 
 @dataclass(frozen=True, slots=True)
@@ -824,6 +826,7 @@ class Ledger:
                 ev.event_id, INVALID_TRANSITION, f"withdrawal {ev.withdrawal_id} is {w.status}, cannot be {ev.type}"
             )
         w.status = ev.type
+        w.updated_ms = ev.ts_ms
         w.event_ids.append(ev.event_id)
         self.state.put_withdrawal(ev.withdrawal_id, w)
         if ev.type == APPROVED:
@@ -870,7 +873,7 @@ class Ledger:
             return self._reject(
                 ev.event_id, INSUFFICIENT_BALANCE, f"{amount} cents requested, {available} cents available"
             )
-        new = WithdrawalState(uid, amount, rules.fee(amount), REQUESTED, ev.channel, [ev.event_id])
+        new = WithdrawalState(uid, amount, rules.fee(amount), REQUESTED, ev.channel, [ev.event_id], ev.ts_ms, ev.ts_ms)
         self.state.put_withdrawal(ev.withdrawal_id, new)
         entry = self._money_entry(ev.event_id, ev.ts_ms, uid, HELD, -amount, withdrawal_id=ev.withdrawal_id)
         return Outcome(entries=[entry])

@@ -25,13 +25,13 @@ from typing import Any, Protocol
 
 from aiokafka import TopicPartition
 
-from schemas.events import format_ts
+from schemas.events import Withdrawal, format_ts
 from streams import names
 from streams.engine.alignment import INF_KEY, Aligner
 from streams.engine.config import Program
 from streams.engine.ledger import Binding, Entry, Ledger, LimitedClick, State, seq_key
 from streams.pipeline.consume import DeadLetter, Held, InputReader, classify
-from streams.state.referral_store import CachedState, RedisStore, StagedCommands
+from streams.state.referral_store import CachedState, RedisStore, StagedCommands, withdrawal_view
 
 log = logging.getLogger(__name__)
 
@@ -290,11 +290,13 @@ class Sequencer:
         dead, self._pending_dead = self._pending_dead, []
         invalid = len(dead)
         limited: list[LimitedClick] = []
+        states: list[OutputRecord] = []
         for key, h in batch:
-            entries.extend(ledger.settle_due(min(key[0] - 1, settle_until)))
-            res = ledger.apply(h.event, key)
+            res = ledger.step(h.event, key)  # global settlement: every order due by the event's ts settles first
             if res.duplicate:
                 self.stats.duplicates += 1
+            elif isinstance(h.event, Withdrawal) and not res.rejection:
+                states.append(withdrawal_state_record(h.event, state))
             entries.extend(res.entries)
             bindings.extend(res.bindings)
             if res.limited is not None:
@@ -326,6 +328,7 @@ class Sequencer:
         if batch:
             self._forget_old_ip_windows(batch[-1][0][0])
         records = output_records(entries, bindings, dead, limited)
+        records.extend(states)
         offsets = book.committable() if book is not None else {}
         await self._wait_flush()
         self._flush = asyncio.create_task(self._write(self._formed, records, staged, offsets))
@@ -418,6 +421,17 @@ class Sequencer:
                 for tp, p in sorted(self.aligner.parts.items(), key=lambda kv: str(kv[0]))
             ],
         }
+
+
+def withdrawal_state_record(ev: Withdrawal, state: State) -> OutputRecord:
+    """The fenxiao.withdrawal-states record of an accepted transition, taken now (later events mutate the state)."""
+    w = state.withdrawals[ev.withdrawal_id]
+    assert w is not None
+    value: dict[str, object] = {"id": f"{ev.withdrawal_id}:{w.status}", **withdrawal_view(ev.withdrawal_id, w)}
+    del value["requested_ts"], value["updated_ts"]
+    value["ts"] = ev.ts
+    value["event_id"] = ev.event_id
+    return (names.WITHDRAWAL_STATES, w.distributor_id.encode(), value)
 
 
 def _tp(topic: str, partition: int) -> TopicPartition:

@@ -15,8 +15,11 @@ from functools import lru_cache
 from typing import Any
 
 from streams import names
-from streams.engine.ledger import ACCRUED, SETTLED, Binding, Entry, State
+from streams.engine.ledger import ACCRUED, CLAWED_BACK, REVERSED, SETTLED, Binding, Entry, State
 from streams.state.referral_store import StagedCommands
+
+# The kinds that change what a distributor earned (the leaderboards' earnings; as the ledger's lifetime figure).
+EARNING_KINDS = frozenset((ACCRUED, REVERSED, CLAWED_BACK))
 
 FEED_MAXLEN = 1000
 FEED_ALL_MAXLEN = 10_000
@@ -106,8 +109,8 @@ def live_key(second: int, campaign: str | None = None) -> str:
 
 
 def net_cents(e: Entry) -> int:
-    """Earnings effect of an entry: settlement only moves money between pending and available."""
-    return 0 if e.kind == SETTLED else e.amount_cents
+    """Earnings effect of an entry: commission only; settlement and money out (v2 kinds) are not earnings."""
+    return e.amount_cents if e.kind in EARNING_KINDS else 0
 
 
 def _paid_level1(state: State, entries: Sequence[Entry]) -> Iterator[tuple[Entry, int]]:

@@ -21,7 +21,21 @@ from redis.commands.core import DataAccessCommands
 from schemas.events import Click, Event, Order, Signup, Tier
 from streams import names
 from streams.engine.config import ClickLimits
-from streams.engine.ledger import Balance, ClickMark, IpWindow, OrderState, SeqKey, State, TierMark, User
+from streams.engine.ledger import (
+    APPROVED,
+    FAILED,
+    REJECTED,
+    REQUESTED,
+    Balance,
+    ClickMark,
+    IpWindow,
+    OrderState,
+    SeqKey,
+    State,
+    TierMark,
+    User,
+    WithdrawalState,
+)
 from streams.state import redis_conn
 
 _JSON = msgspec.json.Encoder()
@@ -36,6 +50,10 @@ MAX_CHAIN = 100_000
 # redis-py 8 gives up on a reply after 5 s; a big batch's script may run longer, and a worker that gave up
 # would crash and redo the same batch. A Redis that stays silent for this long is a real failure.
 STORE_SOCKET_TIMEOUT_S = 60.0
+# Distributor status values of the user hash's `s` field (contract v2's fenxiao.distributors).
+ACTIVE, FROZEN, REVOKED = "active", "frozen", "revoked"
+# Withdrawal states that sit in the operator's review queue (fx:wq).
+OPEN_WITHDRAWAL = (REQUESTED, APPROVED)
 
 _LOAD_LUA = """
 local req = cjson.decode(ARGV[1])
@@ -490,51 +508,9 @@ class RedisStore:
         def fill(p: Any) -> None:
             if stage is not None:
                 stage(p)
-            self._stage_state(p, state, position)
+            p.commands.extend(self._state_commands(state, position))
 
         await self._guarded(fill)
-
-    def _stage_state(self, p: Any, state: State, position: SeqKey | None) -> None:
-        """Queue the batch's state changes on a transaction pipeline."""
-        for uid in state.dirty_users:
-            u = state.users[uid]
-            assert u is not None
-            fields: dict[Any, Any] = {"t": u.signup_ms, "d": 1 if u.distributor else 0, "e": u.signup_event_id}
-            if u.inviter is not None:
-                fields["i"] = u.inviter
-            p.hset(names.KEY_USER + uid, mapping=fields)
-        for uid in state.dirty_tiers:
-            mark = state.tiers[uid]
-            assert mark is not None
-            p.hset(names.KEY_USER + uid, mapping={"r": mark.tier, "k": _key_str(mark.key)})
-        for v in state.dirty_clicks:
-            c = state.clicks[v]
-            assert c is not None
-            p.hset(
-                names.KEY_CLICK + v,
-                mapping={"t": c.ts_ms, "r": c.ref, "k": _key_str(c.key), "w": c.window, "n": c.count},
-            )
-            p.pexpire(names.KEY_CLICK + v, self.click_ttl_ms)
-        for ipw in state.dirty_ip_clicks:
-            p.set(names.KEY_IP_CLICKS + ip_window_suffix(ipw), state.ip_clicks[ipw], px=self.ip_clicks_ttl_ms)
-        for oid in state.dirty_orders:
-            o = state.orders[oid]
-            assert o is not None
-            p.set(names.KEY_ORDER + oid, encode_order(o))
-            if o.settle_at_ms is not None and not o.settled:
-                p.zadd(names.KEY_SETTLE, {oid: o.settle_at_ms})
-            else:
-                p.zrem(names.KEY_SETTLE, oid)
-        for uid, b in state.balance_deltas.items():
-            k = names.KEY_BALANCE + uid
-            p.hincrby(k, "p", b.pending)
-            p.hincrby(k, "a", b.available)
-            p.hincrby(k, "l", b.earned)
-        dead = sorted(state.new_dead_ids)
-        for i in range(0, len(dead), 1000):
-            p.sadd(names.KEY_DEAD, *dead[i : i + 1000])
-        if position is not None:
-            p.hset(names.KEY_SEQ, mapping={"applied": _key_str(position)})
 
     def stage(self, state: State, position: SeqKey | None) -> StagedCommands:
         """The batch's writes as commands, built now (a snapshot: later batches mutate the same objects).
@@ -554,6 +530,8 @@ class RedisStore:
         state.new_dead_ids.clear()
         state.balance_deltas.clear()
         state.dirty_balances.clear()
+        state.dirty_adjustments.clear()
+        state.dirty_withdrawals.clear()
         return staged
 
     async def write(self, staged: StagedCommands) -> None:
@@ -576,7 +554,7 @@ class RedisStore:
             if u.inviter is not None:
                 c += ["i", u.inviter]
             if u.status_key is not None:
-                c += ["f", "1" if u.frozen else "0", "sk", _key_str(u.status_key)]
+                c += ["s", user_status(u), "sk", _key_str(u.status_key)]
             add(c)
         for uid in state.dirty_tiers:
             mark = state.tiers[uid]
@@ -611,6 +589,25 @@ class RedisStore:
             add(["HINCRBY", k, "p", str(b.pending)])
             add(["HINCRBY", k, "a", str(b.available)])
             add(["HINCRBY", k, "l", str(b.earned)])
+            if b.reserved:  # only money out moves these; v1 batches stay as they were
+                add(["HINCRBY", k, "r", str(b.reserved)])
+            if b.withdrawn:
+                add(["HINCRBY", k, "w", str(b.withdrawn)])
+        for aid in sorted(state.dirty_adjustments):
+            applied = state.adjustments[aid]
+            assert applied is not None
+            add(["HSET", names.KEY_ADJUSTMENTS, aid, applied])
+        for wid in sorted(state.dirty_withdrawals):
+            w = state.withdrawals[wid]
+            assert w is not None
+            events = _JSON.encode(w.event_ids).decode()
+            view = encode_withdrawal(wid, w)
+            add(["HSET", names.KEY_WITHDRAWAL + wid, "s", view, "f", str(w.fee_cents), "e", events])
+            add(["ZADD", names.KEY_DISTRIBUTOR_WITHDRAWALS + w.distributor_id, str(w.requested_ms), wid])
+            if w.status in OPEN_WITHDRAWAL:
+                add(["ZADD", names.KEY_WITHDRAWAL_QUEUE, str(w.requested_ms), wid])
+            else:
+                add(["ZREM", names.KEY_WITHDRAWAL_QUEUE, wid])
         dead = sorted(state.new_dead_ids)
         for i in range(0, len(dead), 1000):
             add(["SADD", names.KEY_DEAD, *dead[i : i + 1000]])
@@ -647,7 +644,10 @@ class RedisStore:
             if order.settle_at_ms is not None and not order.settled:
                 state.settle_index[oid] = order.settle_at_ms
         async for uid, m in self._scan_hashes(names.KEY_BALANCE):
-            state.balances[uid] = Balance(int(m.get("p", 0)), int(m.get("a", 0)), int(m.get("l", 0)))
+            state.balances[uid] = _balance(m)
+        async for wid, m in self._scan_hashes(names.KEY_WITHDRAWAL):
+            state.withdrawals[wid] = decode_withdrawal(m)
+        state.adjustments.update(await self.redis.hgetall(names.KEY_ADJUSTMENTS))
         state.dead_ids = set(await self.redis.smembers(names.KEY_DEAD))
         return state
 
@@ -688,15 +688,18 @@ class RedisStore:
             for k, v in zip(keys, got, strict=True):
                 yield k[n:], v
 
-    async def balances(self) -> dict[str, dict[str, int]]:
-        """Every beneficiary's pending and available cents (for tests and reports)."""
+    async def balances(self, v2: bool = False) -> dict[str, dict[str, int]]:
+        """Every beneficiary's pending and available cents, and with v2 reserved and withdrawn (tests, reports)."""
         out: dict[str, dict[str, int]] = {}
         async for key in self.redis.scan_iter(match=names.KEY_BALANCE + "*", count=1000):
             m = await self.redis.hgetall(key)
-            out[key[len(names.KEY_BALANCE) :]] = {
+            b = out[key[len(names.KEY_BALANCE) :]] = {
                 "available_cents": int(m.get("a", 0)),
                 "pending_cents": int(m.get("p", 0)),
             }
+            if v2:
+                b["reserved_cents"] = int(m.get("r", 0))
+                b["withdrawn_cents"] = int(m.get("w", 0))
         return out
 
 
@@ -720,8 +723,63 @@ def _user(m: dict[str, str]) -> User:
         distributor=m.get("d") == "1",
         inviter=m.get("i"),
         signup_event_id=m["e"],
-        frozen=m.get("f") == "1",
+        frozen=m.get("s") == FROZEN,
         status_key=_key_parse(sk) if sk else None,
+    )
+
+
+def user_status(u: User) -> str:
+    """The user hash's `s`: what the last status event left (frozen stays frozen until an active event)."""
+    if u.frozen:
+        return FROZEN
+    return ACTIVE if u.distributor else REVOKED
+
+
+def _balance(m: dict[str, str]) -> Balance:
+    """A stored balance hash (r and w absent until money first leaves)."""
+    return Balance(
+        pending=int(m.get("p", 0)),
+        available=int(m.get("a", 0)),
+        earned=int(m.get("l", 0)),
+        reserved=int(m.get("r", 0)),
+        withdrawn=int(m.get("w", 0)),
+    )
+
+
+def encode_withdrawal(withdrawal_id: str, w: WithdrawalState) -> str:
+    """The `s` field of fx:w:<id>: the shared JSON shape read by the API and the CLI."""
+    return _JSON.encode(withdrawal_view(withdrawal_id, w)).decode()
+
+
+def withdrawal_view(withdrawal_id: str, w: WithdrawalState) -> dict[str, Any]:
+    """A withdrawal as readers see it; fee and payout are null once it can no longer be paid (rejected, failed)."""
+    payable = w.status not in (REJECTED, FAILED)
+    return {
+        "withdrawal_id": withdrawal_id,
+        "distributor_id": w.distributor_id,
+        "amount_cents": w.amount_cents,
+        "channel": w.channel,
+        "status": w.status,
+        "requested_ts": w.requested_ms,
+        "updated_ts": w.updated_ms,
+        "fee_cents": w.fee_cents if payable else None,
+        "payout_cents": w.amount_cents - w.fee_cents if payable else None,
+    }
+
+
+def decode_withdrawal(m: dict[str, str]) -> WithdrawalState:
+    """Inverse of the fx:w:<id> hash (`f` keeps the fee locked at request, also where the view shows null)."""
+    v = json.loads(m["s"])
+    fee = int(m["f"]) if "f" in m else int(v["fee_cents"] or 0)
+    return WithdrawalState(
+        distributor_id=v["distributor_id"],
+        amount_cents=v["amount_cents"],
+        fee_cents=fee,
+        status=v["status"],
+        channel=v["channel"],
+        event_ids=json.loads(m.get("e", "[]")),
+        requested_ms=v["requested_ts"],
+        updated_ms=v["updated_ts"],
     )
 
 

@@ -68,6 +68,7 @@ class Outputs:
     bindings: list[dict[str, Any]] = field(default_factory=list)
     dead_letters: list[dict[str, Any]] = field(default_factory=list)
     limited_clicks: list[dict[str, Any]] = field(default_factory=list)
+    withdrawal_states: list[dict[str, Any]] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         """In expected.json's shape (entries deduplicated by entry_id, latest binding per user)."""
@@ -98,6 +99,7 @@ async def read_outputs(bootstrap: str, timeout: float = 5.0) -> Outputs:
                         names.BINDINGS: out.bindings,
                         names.DEAD_LETTERS: out.dead_letters,
                         names.CLICKS_LIMITED: out.limited_clicks,
+                        names.WITHDRAWAL_STATES: out.withdrawal_states,
                     }[tp.topic].append(v)
         # Bindings are compacted state: the latest per user wins; order them by ts within a user.
         out.bindings.sort(key=lambda b: b["ts"])
@@ -283,7 +285,7 @@ class Env:
     def config(self, example: str) -> Path:
         """The example's fenxiao.toml with a short idle grace, so a finished scenario settles quickly."""
         text = (FIXTURES / example / "fenxiao.toml").read_text()
-        path = self.tmp / f"{example}.toml"
+        path = self.tmp / f"{example.replace('/', '-')}.toml"
         path.write_text(text + "\n[pipeline]\nordering_grace_seconds = 1\n")
         return path
 
@@ -301,13 +303,13 @@ class Env:
         """Wait for the output topics to reach `expected`."""
         return asyncio.run(wait_for_outcome(self.stack.bootstrap, expected, timeout))
 
-    def redis_balances(self) -> dict[str, dict[str, int]]:
-        """Every beneficiary's balances as Redis holds them."""
+    def redis_balances(self, v2: bool = False) -> dict[str, dict[str, int]]:
+        """Every beneficiary's balances as Redis holds them (with v2 also reserved and withdrawn)."""
 
         async def read() -> dict[str, dict[str, int]]:
             s = open_store(self.stack.redis_url, 0)
             try:
-                return await s.balances()
+                return await s.balances(v2)
             finally:
                 await s.close()
 

@@ -343,3 +343,16 @@ def test_read_models_on_the_cluster_equal_one_servers(stack: Any, cluster_url: s
         stack_mod.ClusterStack(stack, cluster_url), tmp_path / "cluster", "pj-cluster", **{names.ENV_CRASH_AT: point}
     )
     assert on_cluster == one
+
+
+def test_money_out_on_the_cluster(cpipe: Env) -> None:
+    """Contract v2 on three primaries: withdrawals, adjustments and statuses land in their slots through the journal."""
+    from tests.integration.test_money_out import EXAMPLE, assert_money_out
+
+    cpipe.produce(scenario.load_records(EXAMPLE))
+    w = cpipe.worker(EXAMPLE, FENXIAO_BATCH_SIZE="97")
+    try:
+        out, diff = cpipe.outcome(scenario.load_expected(EXAMPLE))
+        assert_money_out(cpipe, out, diff, w)
+    finally:
+        w.stop()

@@ -254,9 +254,18 @@ def test_withdrawal_requested_without_amount_is_refused() -> None:
     assert "requested" in result.detail
 
 
-def test_v2_topics_are_decoded_but_not_consumed_by_the_worker_yet() -> None:
-    """The lead wires v2 into the worker; until then it must not subscribe to them or rank them."""
+def test_the_worker_consumes_and_ranks_the_v2_topics_in_the_spec_tie_order() -> None:
+    """Contract v2's tie order: tiers < distributors < clicks < signups < orders < adjustments < withdrawals."""
     for topic in names.V2_INPUT_TOPICS:
-        assert topic not in names.INPUT_TOPICS
-        assert topic not in names.TOPIC_RANK
+        assert topic in names.INPUT_TOPICS
+    spec_order = [
+        "fenxiao.tiers",
+        "fenxiao.distributors",
+        "fenxiao.clicks",
+        "fenxiao.signups",
+        "fenxiao.orders",
+        "fenxiao.adjustments",
+        "fenxiao.withdrawals",
+    ]
+    assert sorted(names.TOPIC_RANK, key=names.TOPIC_RANK.__getitem__) == spec_order
     assert names.V2_INPUT_TOPICS == ("fenxiao.distributors", "fenxiao.adjustments", "fenxiao.withdrawals")

@@ -5,7 +5,21 @@ from __future__ import annotations
 from typing import Any
 
 from streams import names
-from streams.engine.ledger import ACCRUED, CLAWED_BACK, REVERSED, SETTLED, Binding, Entry, OrderState, State, User
+from streams.engine.ledger import (
+    ACCRUED,
+    ADJUSTED,
+    CLAWED_BACK,
+    HELD,
+    RELEASED,
+    REVERSED,
+    SETTLED,
+    WITHDRAWN,
+    Binding,
+    Entry,
+    OrderState,
+    State,
+    User,
+)
 from streams.state.projections import (
     Leaderboards,
     LedgerFeed,
@@ -107,3 +121,23 @@ def test_leaderboards_net_earnings_gmv_for_level1_and_recruits() -> None:
     assert not any(k.startswith(names.KEY_BOARD + "recruits") and k.endswith("d11") for k, _ in incr)
     expired = {a[0] for a in p.of("expire")}
     assert board_key("earnings", "day", day) in expired and board_key("earnings", "all", "all") not in expired
+
+
+def test_money_out_is_not_earnings_on_the_leaderboards() -> None:
+    """A withdrawal or an adjustment moves available, not what the distributor earned (decisions.md, v2)."""
+    p = FakePipe()
+
+    def money(kind: str, amount: int, n: int) -> Entry:
+        return Entry(f"m{n}:0:{kind}", f"m{n}", T0 + 1000, None, None, "a", 0, kind, amount, None, withdrawal_id="w1")
+
+    entries = [
+        entry("a", 1, ACCRUED, 1000),
+        money(HELD, -600, 1),
+        money(RELEASED, 600, 2),
+        money(HELD, -400, 3),
+        money(WITHDRAWN, -400, 4),
+        money(ADJUSTED, 5000, 5),
+    ]
+    Leaderboards().stage(p, chain_state(), entries, [])
+    incr = {(a[0], a[2]): a[1] for a in p.of("zincrby")}
+    assert incr[(board_key("earnings", "day", "2026-11-11"), "a")] == 1000
