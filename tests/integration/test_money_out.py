@@ -78,6 +78,17 @@ def assert_money_out(pipe: Env, out: scenario.Outputs, diff: list[str], *workers
         assert (states[w]["fee_cents"], states[w]["payout_cents"]) == (None, None)
 
 
+def assert_clickhouse(pipe: Env, *workers: scenario.WorkerProcess) -> None:
+    """ClickHouse (read once the workers let go of embedded chDB) equals expected.json: all four balances too."""
+    expected = scenario.load_expected(EXAMPLE)
+    scenario.wait_sink_quiet(pipe.web_port, quiet_s=3.0, timeout=60)
+    for w in workers:
+        assert w.stop() == 0, f"worker did not stop cleanly:\n{w.log_tail()}"
+    ch = scenario.clickhouse_outcome(pipe.env)
+    for section in ("balances", "bindings", "entries", "totals"):
+        assert ch[section] == expected[section], f"ClickHouse {section} differ from expected.json"
+
+
 def assert_states(records: Sequence[dict[str, Any]]) -> None:
     """fenxiao.withdrawal-states: every accepted transition once (a replay repeats the same record) in a valid path."""
     by_id: dict[str, dict[str, Any]] = {}
@@ -129,6 +140,7 @@ def test_money_out_live(pipe: Env) -> None:
         }
         assert statuses == {"u4-65": "active", "u4-77": "frozen"}
         assert scenario.http_json(pipe.web_port, "/api/distributors/u4-1")["status"] is None
+        assert_clickhouse(pipe, w)
     finally:
         w.stop()
 
@@ -140,6 +152,7 @@ def test_money_out_backlog(pipe: Env) -> None:
     try:
         out, diff = pipe.outcome(scenario.load_expected(EXAMPLE))
         assert_money_out(pipe, out, diff, w)
+        assert_clickhouse(pipe, w)
     finally:
         w.stop()
 
@@ -164,6 +177,7 @@ def test_money_out_across_a_sigkill(pipe: Env) -> None:
     try:
         out, diff = pipe.outcome(scenario.load_expected(EXAMPLE))
         assert_money_out(pipe, out, diff, w2)
+        assert_clickhouse(pipe, w2)
     finally:
         w2.stop()
 
