@@ -519,12 +519,12 @@ def test_a_share_link_of_an_id_with_url_characters_points_back_at_it(hostile: Ho
 # ---- reports: the worker's /reports/{name} page and `fenxiao report` -------------------------------------------------
 
 READS: dict[str, tuple[str, ...]] = {
-    "period": ("leaderboard", "performance"),
+    "period": ("leaderboard", "performance", "payouts"),
     "metric": ("leaderboard",),
-    "at": ("leaderboard", "performance"),
+    "at": ("leaderboard", "performance", "payouts"),
     "campaign": ("funnel",),
     "id": ("campaign",),
-    "distributor": ("team",),
+    "distributor": ("team", "payouts"),
     "limit": ("leaderboard", "funnel", "refunds"),
 }
 BASE: dict[str, dict[str, str]] = {"performance": {"at": "2026-11"}, "campaign": {"id": CAMPAIGN}, "team": {}}
@@ -549,6 +549,7 @@ def _snapshot(hostile: Hostile) -> dict[str, Any]:
         ("campaign", f"id={CAMPAIGN}"),
         ("team", f"distributor={OTHER}"),
         ("performance", "at=2026-11"),
+        ("payouts", ""),
         *((f"leaderboard-{m}", f"at=2026-11&metric={m}&limit=100000") for m in ("earnings", "gmv", "recruits")),
     ]:
         answer = hostile.get(f"/reports/{name.split('-')[0]}?{params}")
@@ -631,8 +632,22 @@ def test_cli_report_options_take_hostile_values_as_data(hostile: Hostile) -> Non
 
 # ---- who may read what ---------------------------------------------------------------------------------------------
 
-PER_DISTRIBUTOR = ["", "/ledger", "/team", "/feed", "/share", "/share.png"]
-OPERATOR_ONLY = ["/status", "/api/live", f"/api/campaigns/{CAMPAIGN}/live", "/api/feed", "/reports/levels"]
+PER_DISTRIBUTOR = ["", "/ledger", "/team", "/feed", "/share", "/share.png", "/withdrawals"]
+OPERATOR_ONLY = [
+    "/status",
+    "/api/live",
+    f"/api/campaigns/{CAMPAIGN}/live",
+    "/api/feed",
+    "/reports/levels",
+    "/api/operator/withdrawals",
+    "/api/operator/audit",
+]
+# Writes: who may POST them, hostile bodies and idempotency keys are tested in test_api_writes.py.
+OPERATOR_WRITES = [
+    "/api/operator/withdrawals/{withdrawal_id}/{action}",
+    "/api/operator/distributors/{id}/status",
+    "/api/operator/adjustments",
+]
 ANY_TOKEN = ["/api/me", "/api/leaderboard"]
 
 
@@ -640,6 +655,7 @@ def test_the_lists_cover_every_path_of_the_spec() -> None:
     """Every authenticated path of docs/openapi.yaml is in one of the access lists below."""
     covered = {f"/api/distributors/{{id}}{s}" for s in PER_DISTRIBUTOR} | set(ANY_TOKEN) | {"/dashboard"}
     covered |= {p.replace(CAMPAIGN, "{id}") for p in OPERATOR_ONLY if not p.startswith("/reports")}
+    covered |= {"/reports/{name}", *OPERATOR_WRITES}
     assert covered == set(SPEC["paths"]) - {"/health"}
 
 
@@ -661,7 +677,7 @@ def test_a_distributor_reads_only_their_own_data(hostile: Hostile) -> None:
 def test_query_tokens_only_where_a_browser_cannot_send_headers(hostile: Hostile) -> None:
     """?token= works for the feeds and the dashboard only; everywhere else it is a 401."""
     op = token(None, 5)
-    for suffix in ["", "/ledger", "/team", "/share", "/share.png"]:
+    for suffix in ["", "/ledger", "/team", "/share", "/share.png", "/withdrawals"]:
         assert_data(suffix, hostile.get(f"/api/distributors/{ME}{suffix}?token={op}", None), 401)
     for path in [*OPERATOR_ONLY, *ANY_TOKEN]:
         if not path.endswith("/feed"):
