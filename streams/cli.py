@@ -32,6 +32,21 @@ def _worker(args: argparse.Namespace) -> int:
         raise CliError(str(e)) from e
 
 
+def _credit(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from streams.engine.config import ConfigError, load
+    from streams.pipeline import credit
+    from streams.settings import get_settings
+
+    settings = get_settings()
+    try:
+        program = load(Path(args.config) if args.config else settings.config)
+    except ConfigError as e:
+        raise CliError(str(e)) from e
+    return credit.run(settings, program, args.loglevel)
+
+
 def _sink(args: argparse.Namespace) -> int:
     import os
 
@@ -432,6 +447,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sk.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
     sk.set_defaults(func=_sink)
+
+    cr = sub.add_parser(
+        "credit",
+        help="run the staged topology's credit stage (a staged worker spawns it; run one alone to add capacity)",
+    )
+    cr.add_argument("--config", help="the program config, fenxiao.toml (default: $FENXIAO_CONFIG or ./fenxiao.toml)")
+    cr.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
+    cr.set_defaults(func=_credit)
 
     _add_replay_commands(sub)
     _add_token_command(sub)

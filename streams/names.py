@@ -18,6 +18,11 @@ WITHDRAWAL_STATES = "fenxiao.withdrawal-states"  # one record per accepted withd
 V2_INPUT_TOPICS: tuple[str, ...] = (DISTRIBUTORS, ADJUSTMENTS, WITHDRAWALS)
 
 INPUT_TOPICS: tuple[str, ...] = (TIERS, CLICKS, SIGNUPS, ORDERS, *V2_INPUT_TOPICS)
+# Staged topology (FENXIAO_TOPOLOGY=staged, docs/decisions.md): the attribution stage forwards every order step,
+# a first payment with its locked terms, keyed by order_id, plus watermarks; the credit stage's group reads it.
+ORDER_STEPS = "fenxiao.order-steps"
+INTERNAL_TOPICS: tuple[str, ...] = (ORDER_STEPS,)
+CREDIT_GROUP_SUFFIX = "-credit"
 OUTPUT_TOPICS: tuple[str, ...] = (COMMISSIONS, BINDINGS, DEAD_LETTERS, CLICKS_LIMITED, WITHDRAWAL_STATES)
 
 # What the ClickHouse sink reads (signups reach ClickHouse as bindings), with its own consumer group.
@@ -63,6 +68,8 @@ ENV_CRASH_AT = "FENXIAO_CRASH_AT"
 ENV_SINK_FAULT = "FENXIAO_SINK_FAULT"
 ENV_SINK_PORT = "FENXIAO_SINK_PORT"  # the sink process's HTTP port (reports, /status); default web port + 1000
 ENV_SINK_PARENT = "FENXIAO_SINK_PARENT"  # set by a worker on the sink it spawns: that worker's pid
+ENV_TOPOLOGY = "FENXIAO_TOPOLOGY"  # single (default: one active worker, standbys) or staged (active workers share)
+ENV_CREDIT_OWNER = "FENXIAO_CREDIT_OWNER"  # set by a worker on the credit stage it spawns: the worker's owner id
 ENV_COMPRESSION = "FENXIAO_COMPRESSION"  # codec of every record the worker produces (docs/producers.md)
 
 # Redis keys. Prefix "fx:"; see docs/redis.md for the full layout.
@@ -87,6 +94,11 @@ KEY_WITHDRAWAL = "fx:w:"  # + withdrawal_id -> hash (s JSON state, e JSON list o
 KEY_WITHDRAWAL_QUEUE = "fx:wq"  # zset withdrawal_id -> requested ts ms: open (requested or approved) withdrawals
 KEY_DISTRIBUTOR_WITHDRAWALS = "fx:wu:"  # + distributor_id -> zset withdrawal_id -> requested ts ms
 KEY_ADJUSTMENTS = "fx:adj"  # hash adjustment_id -> the event id that applied it (a repeat is duplicate_adjustment)
+# Staged topology (streams/state/credit_store.py): the attribution stage's order marks, the credit stage's positions.
+KEY_ORDER_MARKS = "fx:om"  # set of order ids the attribution stage saw paid or cancelled (their state is in fx:o:)
+KEY_CREDIT_POS = "fx:cr:pos"  # hash order-steps partition -> next offset the credit stage applies (its commit point)
+KEY_CREDIT_STATUS = "fx:cr:st:"  # + worker owner id -> string: that worker's credit stage status JSON, short TTL
+KEY_TOPOLOGY = "fx:topology"  # string: the topology this Redis's state was built by (single or staged)
 KEY_SEQ = "fx:seq"  # hash: the sequencer's last applied key, for operators
 ENV_SHARE_BASE_URL = "FENXIAO_SHARE_BASE_URL"
 

@@ -65,6 +65,12 @@ class Settings(BaseSettings):
         default="https://shop.example/s", validation_alias=AliasChoices(names.ENV_SHARE_BASE_URL)
     )
 
+    topology: str = Field(
+        default="single",
+        pattern=r"^(single|staged)$",
+        validation_alias=AliasChoices(names.ENV_TOPOLOGY),
+        description="single: one active worker and hot standbys; staged: every worker credits orders (decisions.md)",
+    )
     compression: str = Field(
         default=DEFAULT_COMPRESSION,
         validation_alias=AliasChoices(names.ENV_COMPRESSION),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from streams.api import routes as api
@@ -25,4 +26,16 @@ async def status(web: Any, request: Any) -> Any:
         return api.error_response(web, e)
     rt = runtime.get()
     hooks = None if rt.program.webhooks is None else await webhooks.read_status(api.redis())
-    return web.json({**rt.sequencer.status(), **sink_process.worker_status(), "webhooks": hooks})
+    body: dict[str, Any] = {
+        **rt.sequencer.status(),
+        **sink_process.worker_status(),
+        "webhooks": hooks,
+        "topology": "single",
+    }
+    if rt.settings.topology == "staged":
+        from streams.pipeline.credit import read_status
+
+        credit = await asyncio.to_thread(read_status, rt.settings.redis_url.get_secret_value(), rt.store.owner)
+        body |= {"topology": "staged", "role": "attribution+credit", "credit": credit}
+        body["owned"] = [*body["owned"], *list((credit or {}).get("owned") or [])]  # type: ignore[call-overload]
+    return web.json(body)

@@ -115,6 +115,16 @@ class OrderState:
         return [c - r for c, r in zip(self.item_cents, self.item_refunded_cents, strict=True)]
 
 
+@dataclass(frozen=True, slots=True)
+class Terms:
+    """What a first payment locks from the tree and tiers at its ts: the attribution stage's answer (staged)."""
+
+    beneficiaries: list[str | None]
+    rates_bps: list[int]
+    max_total_bps: int
+    item_rates_bps: list[list[int]] | None = None  # [level - 1][item], itemized orders only
+
+
 @dataclass(slots=True)
 class WithdrawalState:
     """A withdrawal request: whose, how much (fee locked at request), where it stands, which events moved it."""
@@ -325,6 +335,9 @@ class State:
         self.dirty_orders: set[str] = set()
         self.new_dead_ids: set[str] = set()
         self.settle_index = SettleIndex()
+        # Staged topology's attribution stage: orders it has seen paid or cancelled (their own state is downstream).
+        self.order_marks: set[str] = set()
+        self.new_order_marks: set[str] = set()
 
     def _get(self, table: dict[str, T | None], key: str) -> T | None:
         if key in table:
@@ -526,8 +539,12 @@ class Ledger:
         self.state.mark_dead(event_id)
         return Outcome(rejection=reason, detail=detail)
 
-    def apply_order(self, ev: Order) -> Outcome:
-        """Route an order step; settle first if its freeze ended at or before this step."""
+    def apply_order(self, ev: Order, terms: Terms | None = None) -> Outcome:
+        """Route an order step; settle first if its freeze ended at or before this step.
+
+        `terms` are a first payment's, locked upstream by attribute_order (staged topology); without them the
+        tree and tiers in this state lock them.
+        """
         order = self.state.order(ev.order_id)
         if order is not None and ev.event_id in order.event_ids:
             return Outcome(duplicate=True)
@@ -542,7 +559,7 @@ class Ledger:
         ):
             out.entries.extend(self._settle(ev.order_id, order))
         if ev.type == "paid":
-            step = self._paid(ev, order)
+            step = self._paid(ev, order, terms)
         elif ev.type == "refunded":
             step = self._refunded(ev, order)
         elif ev.type == "cancelled":
@@ -558,13 +575,20 @@ class Ledger:
         order.event_ids.append(ev.event_id)
         self.state.put_order(ev.order_id, order)
 
-    def _paid(self, ev: Order, order: OrderState | None) -> Outcome:
+    def _paid(self, ev: Order, order: OrderState | None, terms: Terms | None = None) -> Outcome:
         if order is not None and order.cancelled and not order.paid:
             return self._reject(ev.event_id, ORDER_CANCELLED, f"order {ev.order_id} was cancelled before payment")
         if order is not None and order.paid:
             return self._reject(ev.event_id, ORDER_ALREADY_PAID, f"order {ev.order_id} is already paid")
-        plan = self.program.plan_for(ev.campaign_id)
         out = Outcome()
+        if terms is None:
+            terms = self.paid_terms(ev, out)
+        out.entries.extend(self.accrue(ev, terms))
+        return out
+
+    def paid_terms(self, ev: Order, out: Outcome) -> Terms:
+        """A first payment binds an unbound buyer (into out) and locks its beneficiaries and rates from the tree."""
+        plan = self.program.plan_for(ev.campaign_id)
         buyer = self.state.user(ev.buyer_id)
         if buyer is not None and buyer.inviter is None:
             candidate, _ = self._candidate(ev.ref, ev.visitor_id, ev.ts_ms)
@@ -574,31 +598,63 @@ class Ledger:
                 out.bindings.append(Binding(ev.buyer_id, candidate, ev.ts_ms, "order"))
         beneficiaries = self._beneficiaries(ev, buyer, plan)
         rates = [self._rate(b, level, plan) for level, b in enumerate(beneficiaries, start=1)]
+        item_rates = None
+        if ev.items is not None:
+            skus = [i.sku_id for i in ev.items]
+            item_rates = [
+                [self.program.item_rate(sku, level, tier_bps) if self._eligible(b) else 0 for sku in skus]
+                for level, (b, tier_bps) in enumerate(zip(beneficiaries, rates, strict=True), start=1)
+            ]
+        return Terms(beneficiaries, rates, plan.max_total_bps, item_rates)
+
+    def accrue(self, ev: Order, terms: Terms) -> list[Entry]:
+        """A first payment on its locked terms: the order's state and each level's accrued entry."""
         amount = ev.amount_cents or 0
         new = OrderState(
             buyer_id=ev.buyer_id,
             campaign_id=ev.campaign_id,
             paid=True,
             paid_cents=amount,
-            beneficiaries=beneficiaries,
-            rates_bps=rates,
-            max_total_bps=plan.max_total_bps,
+            beneficiaries=list(terms.beneficiaries),
+            rates_bps=list(terms.rates_bps),
+            max_total_bps=terms.max_total_bps,
         )
+        beneficiaries = new.beneficiaries
         if ev.items is not None:
             new.item_skus = [i.sku_id for i in ev.items]
             new.item_cents = [i.amount_cents for i in ev.items]
             new.item_refunded_cents = [0] * len(ev.items)
-            new.item_rates_bps = [
-                [self.program.item_rate(sku, level, tier_bps) if self._eligible(b) else 0 for sku in new.item_skus]
-                for level, (b, tier_bps) in enumerate(zip(beneficiaries, rates, strict=True), start=1)
-            ]
+            new.item_rates_bps = [list(r) for r in terms.item_rates_bps or []]
         new.amounts = self._amounts(new)
-        amounts = new.amounts
         self._record(ev, new)
-        for level, (b, a) in enumerate(zip(beneficiaries, amounts, strict=True), start=1):
-            if b is not None and a > 0:
-                out.entries.append(self._entry(ev.event_id, ev.ts_ms, ev.order_id, new, b, level, ACCRUED, a))
-        return out
+        return [
+            self._entry(ev.event_id, ev.ts_ms, ev.order_id, new, b, level, ACCRUED, a)
+            for level, (b, a) in enumerate(zip(beneficiaries, new.amounts, strict=True), start=1)
+            if b is not None and a > 0
+        ]
+
+    def attribute_order(self, ev: Order) -> tuple[Outcome, Terms | None, bool]:
+        """Staged topology's first stage: an order step's part that reads the tree; (outcome, terms, forward).
+
+        A first payment binds and locks its terms here; every step of an order then goes downstream, where the
+        order's own state decides (apply_order with these terms). A paid or cancelled order is marked, so a later
+        payment of it (always a duplicate or a dead letter downstream) binds nobody, as on one worker.
+        """
+        marks = self.state.order_marks
+        if ev.order_id in marks:
+            return Outcome(), None, True
+        if ev.type == "paid":
+            if self.state.is_dead(ev.event_id):
+                return Outcome(duplicate=True), None, False
+            out = Outcome()
+            terms = self.paid_terms(ev, out)
+            marks.add(ev.order_id)
+            self.state.new_order_marks.add(ev.order_id)
+            return out, terms, True
+        if ev.type == "cancelled":
+            marks.add(ev.order_id)
+            self.state.new_order_marks.add(ev.order_id)
+        return Outcome(), None, True
 
     def _beneficiaries(self, ev: Order, buyer: User | None, plan: Plan) -> list[str | None]:
         """Levels 1..n: the first beneficiary, then each one's inviter; a gap ends the chain."""

@@ -602,7 +602,7 @@ def topic_specs(partitions: int) -> list[NewTopic]:
     Input topics keep everything (retention.ms=-1): they are the system of record that Redis is rebuilt from.
     """
     specs = []
-    for name in (*names.INPUT_TOPICS, *names.OUTPUT_TOPICS):
+    for name in (*names.INPUT_TOPICS, *names.OUTPUT_TOPICS, *names.INTERNAL_TOPICS):
         configs = {"cleanup.policy": "compact"} if name == names.BINDINGS else {}
         if name in names.INPUT_TOPICS:
             configs = {"retention.ms": "-1", "retention.bytes": "-1"}
@@ -685,7 +685,8 @@ async def recreate_topics(bootstrap: str, partitions: int, timeout: float = 30.0
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="fenxiao-stack")
     await admin.start()
     try:
-        doomed = [t for t in (*names.INPUT_TOPICS, *names.OUTPUT_TOPICS) if t in set(await admin.list_topics())]
+        every = (*names.INPUT_TOPICS, *names.OUTPUT_TOPICS, *names.INTERNAL_TOPICS)
+        doomed = [t for t in every if t in set(await admin.list_topics())]
         if doomed:
             await admin.delete_topics(doomed)
         deadline = time.monotonic() + timeout

@@ -80,15 +80,26 @@ class KafkaOutputs:
             return parts[self._rr % len(parts)]
         return parts[java_partition(key, len(parts))]
 
-    async def send_records(self, records: Sequence[OutputRecord]) -> None:
-        """Group by partition, append to batches, send them, wait for every ack."""
-        if not records:
+    async def send_records(
+        self, records: Sequence[OutputRecord], everywhere: Sequence[tuple[str, dict[str, object]]] = ()
+    ) -> None:
+        """Group by partition, append to batches, send them, wait for every ack.
+
+        Each of `everywhere` (topic, value) goes to every partition of its topic, after that partition's records
+        of this call (the staged topology's watermarks).
+        """
+        if not records and not everywhere:
             return
         groups: dict[tuple[str, int], list[tuple[bytes | None, bytes]]] = {}
-        parts_of = {topic: await self._partitions(topic) for topic in {r[0] for r in records}}
+        topics = {r[0] for r in records} | {t for t, _ in everywhere}
+        parts_of = {topic: await self._partitions(topic) for topic in topics}
         encode, partition = _JSON.encode, self._partition
         for topic, key, record in records:
             groups.setdefault((topic, partition(parts_of[topic], key)), []).append((key, encode(record)))
+        for topic, mark in everywhere:
+            raw = encode(mark)
+            for p in parts_of[topic]:
+                groups.setdefault((topic, p), []).append((None, raw))
         futs: list[Any] = []
         producer = self.producer
         for (topic, p), items in groups.items():

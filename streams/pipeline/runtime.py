@@ -36,6 +36,7 @@ def init(settings: Settings, program: Program, owner: str, epoch: str) -> Runtim
         epoch,
         click_window_ms=program.clicks.window_ms,
     )
+    store.staged = settings.topology == "staged"
     outputs = KafkaOutputs(settings.kafka, f"{settings.app_id}-outputs", settings.compression_type)
     _runtime = Runtime(
         settings,
@@ -47,6 +48,7 @@ def init(settings: Settings, program: Program, owner: str, epoch: str) -> Runtim
             outputs,
             batch_size=settings.batch_size,
             crash_at=settings.crash_at,
+            staged=store.staged,
         ),
         outputs,
     )

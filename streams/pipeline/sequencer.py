@@ -25,12 +25,13 @@ from typing import Any, Protocol
 
 from aiokafka import TopicPartition
 
-from schemas.events import Withdrawal, format_ts
+from schemas.events import Order, Withdrawal, format_ts
 from streams import names
 from streams.engine.alignment import INF_KEY, Aligner
 from streams.engine.config import Program
 from streams.engine.ledger import Binding, Entry, Ledger, LimitedClick, State, seq_key
 from streams.pipeline.consume import DeadLetter, Held, InputReader, classify
+from streams.pipeline.steps import step_record, watermark_value
 from streams.state.referral_store import CachedState, RedisStore, StagedCommands, withdrawal_view
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,8 @@ CHECK_TIMEOUT_S = 5.0
 OFFSET_COMMIT_INTERVAL_S = 1.0
 # How often due settlements are looked for while no event arrives.
 SETTLE_CHECK_S = 0.5
+# Staged topology: least time between two watermarks to the credit stage (each goes to every partition).
+WATERMARK_EVERY_S = 0.1
 
 OutputRecord = tuple[str, bytes | None, dict[str, object]]
 
@@ -51,7 +54,9 @@ __all__ = ["DeadLetter", "Held", "Outputs", "Sequencer", "Stats", "output_record
 class Outputs(Protocol):
     """Where a batch's records go; returns once the broker has acknowledged all of them."""
 
-    def send_records(self, records: Sequence[OutputRecord]) -> Awaitable[None]: ...
+    def send_records(
+        self, records: Sequence[OutputRecord], everywhere: Sequence[tuple[str, dict[str, object]]] = ()
+    ) -> Awaitable[None]: ...
 
 
 def output_records(
@@ -95,8 +100,12 @@ class Sequencer:
         clock: Callable[[], float] = time.monotonic,
         wall_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         crash_at: str | None = None,
+        staged: bool = False,
     ) -> None:
         self.program = program
+        self.staged = staged
+        self._last_wm = -1
+        self._last_wm_at = float("-inf")
         self.store = store
         self.outputs = outputs
         self.batch_size = batch_size
@@ -291,8 +300,20 @@ class Sequencer:
         invalid = len(dead)
         limited: list[LimitedClick] = []
         states: list[OutputRecord] = []
+        steps: list[OutputRecord] = []
         for key, h in batch:
-            res = ledger.step(h.event, key)  # global settlement: every order due by the event's ts settles first
+            if self.staged and isinstance(h.event, Order):
+                res, terms, forward = ledger.attribute_order(h.event)
+                if forward:
+                    steps.append(step_record(h, terms))
+            else:
+                if self.staged and isinstance(h.event, Withdrawal):
+                    raise StagedUnsupported(
+                        f"{h.topic}:{h.partition}@{h.offset}: withdrawals need every settlement due by their ts, "
+                        f"which the staged topology's credit stage spreads over workers; run this Redis with "
+                        f"{names.ENV_TOPOLOGY}=single (nothing was applied past this event)"
+                    )
+                res = ledger.step(h.event, key)  # global settlement: every order due by the event's ts settles first
             if res.duplicate:
                 self.stats.duplicates += 1
             elif isinstance(h.event, Withdrawal) and not res.rejection:
@@ -316,7 +337,11 @@ class Sequencer:
                     )
                 )
         entries.extend(ledger.settle_due(settle_until))
-        if not batch and not entries and not dead:
+        everywhere: list[tuple[str, dict[str, object]]] = []
+        if self.staged and settle_until > self._last_wm and now - self._last_wm_at >= WATERMARK_EVERY_S:
+            self._last_wm, self._last_wm_at = settle_until, now
+            everywhere.append((names.ORDER_STEPS, watermark_value(settle_until)))
+        if not batch and not entries and not dead and not everywhere:
             return False
         book = self.reader.book if self.reader is not None else None
         if book is not None:
@@ -329,9 +354,10 @@ class Sequencer:
             self._forget_old_ip_windows(batch[-1][0][0])
         records = output_records(entries, bindings, dead, limited)
         records.extend(states)
+        records.extend(steps)
         offsets = book.committable() if book is not None else {}
         await self._wait_flush()
-        self._flush = asyncio.create_task(self._write(self._formed, records, staged, offsets))
+        self._flush = asyncio.create_task(self._write(self._formed, records, staged, offsets, everywhere))
         self.stats.applied += len(batch)
         self.stats.batches += 1
         self.stats.entries += len(entries)
@@ -353,11 +379,16 @@ class Sequencer:
             del counts[k]
 
     async def _write(
-        self, n: int, records: list[OutputRecord], staged: StagedCommands, offsets: dict[Any, int]
+        self,
+        n: int,
+        records: list[OutputRecord],
+        staged: StagedCommands,
+        offsets: dict[Any, int],
+        everywhere: Sequence[tuple[str, dict[str, object]]] = (),
     ) -> None:
         """Outputs first (acked), then Redis; only then are the batch's offsets committable."""
         self._maybe_crash("before_produce", n)
-        await self.outputs.send_records(records)
+        await self.outputs.send_records(records, everywhere)
         self._maybe_crash("after_produce", n)
         await self.store.write(staged)
         self._maybe_crash("after_commit", n)
@@ -421,6 +452,10 @@ class Sequencer:
                 for tp, p in sorted(self.aligner.parts.items(), key=lambda kv: str(kv[0]))
             ],
         }
+
+
+class StagedUnsupported(RuntimeError):
+    """An event the staged topology cannot apply exactly: the worker stops before it (nothing lost)."""
 
 
 def withdrawal_state_record(ev: Withdrawal, state: State) -> OutputRecord:

@@ -17,14 +17,29 @@ from streams.api import auth
 class StandbyStatus:
     """What a waiting worker reports: its role, who holds the lease, and that it owns nothing."""
 
-    def __init__(self, owner: str, token_key: str) -> None:
+    def __init__(self, owner: str, token_key: str, credit_redis_url: str | None = None) -> None:
         self.owner = owner
         self.token_key = token_key
         self.holder: str | None = None
+        self.credit_redis_url = credit_redis_url
 
     def body(self) -> dict[str, Any]:
-        """The /status document of a standby."""
-        return {"role": "standby", "worker": self.owner, "lease_holder": self.holder, "owned": [], "applied": 0}
+        """The /status document of a standby (in the staged topology, its credit stage's partitions too)."""
+        body: dict[str, Any] = {
+            "role": "standby",
+            "worker": self.owner,
+            "lease_holder": self.holder,
+            "owned": [],
+            "applied": 0,
+            "topology": "single",
+        }
+        if self.credit_redis_url is not None:
+            from streams.pipeline.credit import read_status
+
+            credit = read_status(self.credit_redis_url, self.owner)
+            body |= {"topology": "staged", "role": "credit", "credit": credit}
+            body["owned"] = list(credit.get("owned", [])) if credit else []  # type: ignore[call-overload]
+        return body
 
 
 def serve(status: StandbyStatus, host: str, port: int) -> ThreadingHTTPServer | None:

@@ -56,6 +56,13 @@ def run(config_path: str | None, loglevel: str = "info", standby: bool = False, 
     redis_url = settings.redis_url.get_secret_value()
     if not asyncio.run(_redis_answers(redis_url)):
         raise WorkerError(f"Redis does not answer: run `fenxiao stack up` or set {names.ENV_REDIS_URL}")
+    staged = settings.topology == "staged"
+    if staged and redis_url.startswith("redis+cluster"):
+        raise WorkerError(
+            f"{names.ENV_TOPOLOGY}=staged runs on one Redis server: its credit stage moves a partition's position in "
+            f"the same script as the batch's keys, which a cluster spreads over nodes. Use {names.ENV_TOPOLOGY}=single "
+            "with the cluster, or a redis:// URL"
+        )
     stack.ensure_topics(settings.kafka, settings.partitions)
     settings.var_dir.mkdir(parents=True, exist_ok=True)  # faust's datadir lives in it (chDB used to create it)
     os.environ[names.ENV_CONFIG] = str(path)
@@ -75,8 +82,11 @@ def run(config_path: str | None, loglevel: str = "info", standby: bool = False, 
     # `fenxiao worker` processes needs no roles, and one that is killed is replaced by the next in line.
     from streams.pipeline.standby import StandbyStatus, serve
 
-    status = StandbyStatus(owner, settings.token_key.get_secret_value())
+    status = StandbyStatus(owner, settings.token_key.get_secret_value(), redis_url if staged else None)
     servers = []
+    from streams.pipeline import credit
+
+    credit_child = credit.CreditChild(owner, loglevel, str(path)).start() if staged else None
 
     def waiting(holder: str) -> None:
         if not standby and holder.split("@", 1)[0] != settings.app_id:
@@ -94,8 +104,12 @@ def run(config_path: str | None, loglevel: str = "info", standby: bool = False, 
     try:
         waited = acquire_lease(redis_url, owner, wait_s=None, on_wait=waiting)
     except LeaseLost as e:
+        if credit_child is not None:
+            credit_child.stop()
         raise WorkerError(str(e)) from e
     except KeyboardInterrupt:
+        if credit_child is not None:
+            credit_child.stop()
         return 0
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -111,6 +125,9 @@ def run(config_path: str | None, loglevel: str = "info", standby: bool = False, 
         epoch, rebuilt = ensure_state(redis_url, settings.kafka, settings.app_id, owner)
         if rebuilt:
             print(f"fenxiao: Redis had no state; replaying the input topics from the start (group {settings.app_id})")
+        problem = credit.claim_topology(redis_url, settings.kafka, settings.topology)
+        if problem:
+            raise WorkerError(problem)
         if sink:
             sink_process.spawn(settings, loglevel)
         runtime.init(settings, program, owner, epoch)
@@ -130,5 +147,7 @@ def run(config_path: str | None, loglevel: str = "info", standby: bool = False, 
         worker.execute_from_commandline()
     finally:
         sink_process.stop_child()
+        if credit_child is not None:
+            credit_child.stop()
         release_lease(redis_url, owner)
     return 0

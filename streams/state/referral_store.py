@@ -336,6 +336,7 @@ class RedisStore:
     ) -> None:
         self.owner = owner
         self.epoch = epoch
+        self.staged = False  # the staged topology's attribution stage: orders are the credit stage's
         self._lock = asyncio.Lock()
         self.redis = redis_conn.connect_async(url, decode_responses=True, socket_timeout=STORE_SOCKET_TIMEOUT_S)
         self._load = self.redis.register_script(_LOAD_LUA)
@@ -528,6 +529,7 @@ class RedisStore:
         state.dirty_ip_clicks.clear()
         state.dirty_orders.clear()
         state.new_dead_ids.clear()
+        state.new_order_marks.clear()
         state.balance_deltas.clear()
         state.dirty_balances.clear()
         state.dirty_adjustments.clear()
@@ -611,6 +613,9 @@ class RedisStore:
         dead = sorted(state.new_dead_ids)
         for i in range(0, len(dead), 1000):
             add(["SADD", names.KEY_DEAD, *dead[i : i + 1000]])
+        marks = sorted(state.new_order_marks)
+        for i in range(0, len(marks), 1000):
+            add(["SADD", names.KEY_ORDER_MARKS, *marks[i : i + 1000]])
         if position is not None:
             add(["HSET", names.KEY_SEQ, "applied", _key_str(position)])
         return cmds
@@ -638,11 +643,15 @@ class RedisStore:
         async for suffix, n in self._scan_strings(names.KEY_IP_CLICKS):
             window, _, ip = suffix.partition(":")
             state.ip_clicks[(int(window), ip)] = int(n)
-        async for oid, raw in self._scan_strings(names.KEY_ORDER):
-            order = decode_order(raw)
-            state.cold[oid] = raw
-            if order.settle_at_ms is not None and not order.settled:
-                state.settle_index[oid] = order.settle_at_ms
+        if self.staged:  # the orders belong to the credit stage; the attribution stage needs only which exist
+            async for oid in self.redis.sscan_iter(names.KEY_ORDER_MARKS, count=5000):
+                state.order_marks.add(oid)
+        else:
+            async for oid, raw in self._scan_strings(names.KEY_ORDER):
+                order = decode_order(raw)
+                state.cold[oid] = raw
+                if order.settle_at_ms is not None and not order.settled:
+                    state.settle_index[oid] = order.settle_at_ms
         async for uid, m in self._scan_hashes(names.KEY_BALANCE):
             state.balances[uid] = _balance(m)
         async for wid, m in self._scan_hashes(names.KEY_WITHDRAWAL):

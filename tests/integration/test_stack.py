@@ -43,7 +43,7 @@ async def test_topics_exist_with_partitions_and_bindings_is_compacted(stack: Run
     admin = AIOKafkaAdminClient(bootstrap_servers=stack.bootstrap)
     await admin.start()
     try:
-        wanted = [*names.INPUT_TOPICS, *names.OUTPUT_TOPICS]
+        wanted = [*names.INPUT_TOPICS, *names.OUTPUT_TOPICS, *names.INTERNAL_TOPICS]
         described = {t["topic"]: t for t in await admin.describe_topics(wanted)}
         (resp,) = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, names.BINDINGS)])
     finally:

@@ -133,7 +133,7 @@ def test_cluster_id_is_kafka_shaped() -> None:
 
 def test_topic_specs_cover_names_and_compact_bindings() -> None:
     specs = {t.name: t for t in stack_mod.topic_specs(6)}
-    assert set(specs) == {*names.INPUT_TOPICS, *names.OUTPUT_TOPICS}
+    assert set(specs) == {*names.INPUT_TOPICS, *names.OUTPUT_TOPICS, *names.INTERNAL_TOPICS}
     assert {t.num_partitions for t in specs.values()} == {6}
     assert {t.replication_factor for t in specs.values()} == {1}
     assert specs[names.BINDINGS].topic_configs == {"cleanup.policy": "compact"}
