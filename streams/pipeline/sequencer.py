@@ -105,6 +105,7 @@ class Sequencer:
         self.program = program
         self.staged = staged
         self._last_wm = -1
+        self._applied_ts = -1
         self._last_wm_at = float("-inf")
         self.store = store
         self.outputs = outputs
@@ -338,9 +339,14 @@ class Sequencer:
                 )
         entries.extend(ledger.settle_due(settle_until))
         everywhere: list[tuple[str, dict[str, object]]] = []
-        if self.staged and settle_until > self._last_wm and now - self._last_wm_at >= WATERMARK_EVERY_S:
-            self._last_wm, self._last_wm_at = settle_until, now
-            everywhere.append((names.ORDER_STEPS, watermark_value(settle_until)))
+        # The credit stage settles up to the watermark: what the wall clock passed, and what the global settlement
+        # at each applied event's ts settled here on one worker (every later event is at or after the last one).
+        if batch:
+            self._applied_ts = max(self._applied_ts, batch[-1][0][0])
+        mark = max(settle_until, self._applied_ts)
+        if self.staged and mark > self._last_wm and now - self._last_wm_at >= WATERMARK_EVERY_S:
+            self._last_wm, self._last_wm_at = mark, now
+            everywhere.append((names.ORDER_STEPS, watermark_value(mark)))
         if not batch and not entries and not dead and not everywhere:
             return False
         book = self.reader.book if self.reader is not None else None

@@ -1,0 +1,206 @@
+"""Active workers sharing the partitions (FENXIAO_TOPOLOGY=staged): the spec's outcome exactly, through kills.
+
+Every worker runs a credit stage over its share of fenxiao.order-steps (4 partitions here, more than workers);
+one of them, the lease holder, also runs the attribution stage and the sink. Each test compares topics, Redis
+balances and ClickHouse with expected.json (or the reference for a generated sale).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from streams import names
+from streams.engine import config as config_mod
+from streams.engine import outcome, reference
+from streams.ops import flashsale
+from streams.ops import stack as stack_mod
+from tests.integration import scenario
+from tests.integration.scenario import Env
+from tests.integration.test_pipeline import assert_outcome
+
+STAGED = {names.ENV_TOPOLOGY: "staged"}
+STEPS = {f"{names.ORDER_STEPS}:{p}" for p in range(4)}
+
+
+def _workers(pipe: Env, example: str, n: int, **extra: str) -> tuple[list[scenario.WorkerProcess], list[int]]:
+    """n staged workers, the first on the test's web port; each on its own port, started alike."""
+    ports = [pipe.web_port, *stack_mod.pick_free_ports(n - 1)]
+    workers = []
+    for i, port in enumerate(ports):
+        env = {**pipe.env, **STAGED, "FENXIAO_WEB_PORT": str(port), **extra}
+        workers.append(scenario.WorkerProcess(pipe.config(example), env, pipe.tmp / f"w{i}.log", loglevel="info"))
+    for w in workers:
+        w.start()
+    for w, port in zip(workers, ports, strict=True):
+        scenario.wait_http(port, "/status", 90, w, scenario.operator_token())
+    return workers, ports
+
+
+def _credit_owned(port: int) -> set[str]:
+    st = scenario.http_json(port, "/status", token=scenario.operator_token())
+    return {p for p in st.get("owned", []) if p.startswith(names.ORDER_STEPS)}
+
+
+def _wait_shared(ports: list[int], timeout: float = 90) -> dict[int, set[str]]:
+    """Until every order-steps partition is owned by exactly one of the workers, each owning some."""
+    deadline = time.monotonic() + timeout
+    seen: dict[int, set[str]] = {}
+    while time.monotonic() < deadline:
+        try:
+            seen = {port: _credit_owned(port) for port in ports}
+        except OSError:
+            seen = {}
+        owned = [p for ps in seen.values() for p in ps]
+        if seen and sorted(owned) == sorted(STEPS) and all(seen.values()):
+            return seen
+        time.sleep(0.3)
+    raise AssertionError(f"the order-steps partitions were never shared by all workers: {seen}")
+
+
+def _leader_port(ports: list[int]) -> int:
+    """The worker whose /status shows the input partitions (the attribution stage's lease holder)."""
+    for port in ports:
+        try:
+            st = scenario.http_json(port, "/status", token=scenario.operator_token())
+        except OSError:
+            continue
+        if any(p.startswith(names.ORDERS + ":") for p in st.get("owned", [])):
+            return port
+    raise AssertionError("no worker holds the input partitions")
+
+
+@pytest.mark.parametrize("example", ["basic", "two-level", "messy"])
+def test_two_active_workers_live(pipe: Env, example: str) -> None:
+    """Two workers share the credit partitions (shown on /status); the scenario arrives live: exact."""
+    workers, ports = _workers(pipe, example, 2)
+    try:
+        shared = _wait_shared(ports)
+        assert all(len(s) == 2 for s in shared.values()), shared
+        pipe.produce(scenario.load_records(example))
+        out, diff = pipe.outcome(scenario.load_expected(example))
+        leader = _leader_port(ports)
+        others = [w for w, p in zip(workers, ports, strict=True) if p != leader]
+        for w in others:
+            assert w.stop() == 0, w.log_tail()
+        lead = workers[ports.index(leader)]
+        assert_outcome(dataclasses.replace(pipe, web_port=leader), example, out, diff, lead)
+    finally:
+        for w in workers:
+            w.kill()
+
+
+@pytest.mark.parametrize("example", ["two-level", "messy"])
+def test_three_active_workers_backlog(pipe: Env, example: str) -> None:
+    """The whole scenario first, then three workers with small batches: exact."""
+    pipe.produce(scenario.load_records(example))
+    workers, ports = _workers(pipe, example, 3, FENXIAO_BATCH_SIZE="9")
+    try:
+        out, diff = pipe.outcome(scenario.load_expected(example))
+        _wait_shared(ports)
+        leader = _leader_port(ports)
+        for w, p in zip(workers, ports, strict=True):
+            if p != leader:
+                assert w.stop() == 0, w.log_tail()
+        lead = workers[ports.index(leader)]
+        assert_outcome(dataclasses.replace(pipe, web_port=leader), example, out, diff, lead)
+    finally:
+        for w in workers:
+            w.kill()
+
+
+def test_kill_leave_and_join_while_orders_flow(pipe: Env) -> None:
+    """Three workers; the lease holder is SIGKILLed, another leaves with SIGTERM, a new one joins: exact."""
+    example = "messy"
+    records = scenario.load_records(example)
+    thirds = [records[: len(records) // 3], records[len(records) // 3 : 2 * len(records) // 3]]
+    thirds.append(records[2 * len(records) // 3 :])
+    workers, ports = _workers(pipe, example, 3, FENXIAO_BATCH_SIZE="7")
+    joined: scenario.WorkerProcess | None = None
+    try:
+        _wait_shared(ports)
+        pipe.produce(thirds[0])
+        time.sleep(1.5)
+        leader = _leader_port(ports)
+        workers[ports.index(leader)].kill()
+        alive = [(w, p) for w, p in zip(workers, ports, strict=True) if p != leader]
+        pipe.produce(thirds[1])
+        _wait_shared([p for _, p in alive])
+        time.sleep(1.0)
+        leaving, staying = alive
+        assert leaving[0].stop() == 0, leaving[0].log_tail()
+        join_port = stack_mod.pick_free_ports(1)[0]
+        env = {**pipe.env, **STAGED, "FENXIAO_WEB_PORT": str(join_port), "FENXIAO_BATCH_SIZE": "7"}
+        joined = scenario.WorkerProcess(pipe.config(example), env, pipe.tmp / "joined.log", loglevel="info").start()
+        scenario.wait_http(join_port, "/status", 90, joined, scenario.operator_token())
+        _wait_shared([staying[1], join_port])
+        pipe.produce(thirds[2])
+        out, diff = pipe.outcome(scenario.load_expected(example))
+        lead_port = _leader_port([staying[1], join_port])
+        lead, other = (staying[0], joined) if lead_port == staying[1] else (joined, staying[0])
+        assert other.stop() == 0, other.log_tail()
+        assert_outcome(dataclasses.replace(pipe, web_port=lead_port), example, out, diff, lead)
+    finally:
+        for w in [*workers, *([joined] if joined else [])]:
+            w.kill()
+
+
+def test_a_credit_worker_killed_mid_sale_of_a_generated_sale(pipe: Env) -> None:
+    """A generated sale (binds at first purchase, refunds, settlements) with a non-leader SIGKILLed mid-run."""
+    start = datetime.now(UTC).replace(microsecond=0)
+    records = [{"topic": r["topic"], "key": r.get("key"), "value": r["value"]} for r in _sale(start)]
+    cfg = pipe.tmp / "sale.toml"
+    from streams.ops.demo import program_toml
+
+    cfg.write_text(program_toml(freeze_seconds=1, grace_seconds=1))
+    program = config_mod.load(cfg)
+    ports = [pipe.web_port, *stack_mod.pick_free_ports(1)]
+    workers = []
+    for i, port in enumerate(ports):
+        env = {**pipe.env, **STAGED, "FENXIAO_WEB_PORT": str(port), "FENXIAO_BATCH_SIZE": "50"}
+        workers.append(scenario.WorkerProcess(cfg, env, pipe.tmp / f"s{i}.log", loglevel="info").start())
+    try:
+        for w, port in zip(workers, ports, strict=True):
+            scenario.wait_http(port, "/status", 90, w, scenario.operator_token())
+        _wait_shared(ports)
+        half = len(records) // 2
+        pipe.produce(records[:half])
+        time.sleep(2.0)
+        leader = _leader_port(ports)
+        victim = workers[1 - ports.index(leader)]
+        victim.kill()
+        pipe.produce(records[half:])
+        time.sleep(3.0)  # past the 1 s freeze of the last completions
+        ref = reference.run(records, program, int(time.time() * 1000))
+        expected = outcome.summarize(ref.entries, ref.bindings, ref.dead_letters)
+        assert expected["totals"]["settled"] > 0 and expected["totals"]["reversed"] < 0
+        out, diff = pipe.outcome(expected)
+        lead = workers[ports.index(leader)]
+        assert_outcome(dataclasses.replace(pipe, web_port=leader), expected, out, diff, lead)
+    finally:
+        for w in workers:
+            w.kill()
+
+
+def _sale(start: datetime) -> list[dict[str, Any]]:
+    return list(flashsale.generate(200, 400, 5, start, 20))
+
+
+def test_a_withdrawal_stops_the_staged_worker_naming_the_setting(pipe: Env) -> None:
+    """Withdrawals need the single topology: the attribution stage stops before one and says how to go on."""
+    example = "v2/money-out"
+    pipe.produce(scenario.load_records(example))
+    env = {**pipe.env, **STAGED}
+    w = scenario.WorkerProcess(pipe.config(example), env, pipe.tmp / "refused.log", loglevel="info")
+    try:
+        w.start()
+        deadline = time.monotonic() + 90
+        while "FENXIAO_TOPOLOGY=single" not in w.log_tail(400):
+            assert time.monotonic() < deadline, w.log_tail()
+            time.sleep(0.3)
+    finally:
+        w.kill()
