@@ -416,6 +416,7 @@ class Worker:
         component: str,
         app_id: str | None = None,
         args: Sequence[str] = (),
+        topology: str = "single",
     ) -> None:
         from tests.integration import scenario
 
@@ -431,6 +432,7 @@ class Worker:
             names.ENV_VAR_DIR: str(ctx.tmp / f"var-{label}"),
             names.ENV_PARTITIONS: str(PARTITIONS),
             names.ENV_TOKEN_KEY: scenario.TEST_TOKEN_KEY,
+            names.ENV_TOPOLOGY: topology,
         }
         if ctx.args.batch_size:
             env[names.ENV_BATCH_SIZE] = str(ctx.args.batch_size)
@@ -911,8 +913,14 @@ async def check_run(
 
 
 async def settle_assignment(ctx: Ctx, workers: Sequence[Worker], run: str, timeout: float = 90) -> dict[str, Any]:
-    """With active sharing (`owned` in /status), wait until every input partition has exactly one owner."""
+    """With active sharing (`owned` in /status), wait until every input partition has exactly one owner.
+
+    In the staged topology the order-steps partitions too, and every worker must own some of them.
+    """
     want = {f"{t}:{p}" for t in names.INPUT_TOPICS for p in range(PARTITIONS)}
+    staged = ctx.args.topology == "staged"
+    if staged:
+        want |= {f"{names.ORDER_STEPS}:{p}" for p in range(PARTITIONS)}
     deadline = time.monotonic() + timeout
     last: dict[str, list[str]] = {}
     while time.monotonic() < deadline:
@@ -922,7 +930,12 @@ async def settle_assignment(ctx: Ctx, workers: Sequence[Worker], run: str, timeo
             if st is not None and isinstance(st.get("owned"), list):
                 last[w.component] = [str(x) for x in st["owned"]]
         owned = [p for ps in last.values() for p in ps]
-        if len(last) == len(workers) and set(owned) >= want and len(owned) == len(set(owned)):
+        # Staged: every worker but the lease holder (the one reading the inputs) credits some partitions.
+        credits = [
+            any(p.startswith(names.ORDER_STEPS) for p in ps) for ps in last.values() if names.ORDERS + ":0" not in ps
+        ]
+        every = not staged or all(credits)
+        if len(last) == len(workers) and set(owned) >= want and len(owned) == len(set(owned)) and every:
             return {"owned": last, "settled": True}
         await asyncio.sleep(1.0)
     ctx.note(f"{run}: the partitions did not settle to one owner each within {timeout:.0f} s: {last}")
@@ -942,8 +955,9 @@ async def phase_scaling_run(
     app_id = f"fx-bench-{run}-{uuid.uuid4().hex[:6]}"
     sink = start_sink(ctx, cfg, app_id, run, f"{run}-sink")
     extra = worker_args(ctx)
-    first = Worker(ctx, cfg, f"{run}-1", f"{run}-worker-1", app_id, extra).start()
-    active = "owned" in (first.status(timeout=30.0) or {})
+    topo = ctx.args.topology
+    first = Worker(ctx, cfg, f"{run}-1", f"{run}-worker-1", app_id, extra, topo).start()
+    active = topo == "staged" and "owned" in (first.status(timeout=30.0) or {})
     ctx.features["status_owned"] = active
     if n > 1 and not active:
         ctx.note(
@@ -951,7 +965,9 @@ async def phase_scaling_run(
             "--standby (one owner + standbys; the speedup documents the starting point)"
         )
     others = [
-        Worker(ctx, cfg, f"{run}-{i}", f"{run}-worker-{i}", app_id, extra if active else [*extra, "--standby"]).spawn()
+        Worker(
+            ctx, cfg, f"{run}-{i}", f"{run}-worker-{i}", app_id, extra if active else [*extra, "--standby"], topo
+        ).spawn()
         for i in range(2, n + 1)
     ]
     workers = [first, *others]
@@ -1054,18 +1070,19 @@ async def phase_backlog(ctx: Ctx, cfg: Path, program: Any) -> dict[str, Any]:
     sink = start_sink(ctx, cfg, app_id, "backlog", "backlog-sink")
     before = ctx.usage()
     t0 = time.time()
-    w = Worker(ctx, cfg, "backlog-1", "backlog-worker-1", app_id, worker_args(ctx)).start()
+    topo = args.topology if args.backlog_workers > 1 else "single"
+    w = Worker(ctx, cfg, "backlog-1", "backlog-worker-1", app_id, worker_args(ctx), topo).start()
     workers = [w]
     if args.backlog_workers > 1:
-        if "owned" in (w.status(timeout=30.0) or {}):
+        if topo == "staged":
             workers += [
-                Worker(ctx, cfg, f"backlog-{i}", f"backlog-worker-{i}", app_id, worker_args(ctx)).spawn()
+                Worker(ctx, cfg, f"backlog-{i}", f"backlog-worker-{i}", app_id, worker_args(ctx), topo).spawn()
                 for i in range(2, args.backlog_workers + 1)
             ]
             for x in workers[1:]:
                 await asyncio.to_thread(x.wait_ready)
         else:
-            ctx.note(f"--backlog-workers {args.backlog_workers}: no active sharing (`owned`), the backlog ran on 1")
+            ctx.note(f"--backlog-workers {args.backlog_workers} with --topology single: one owner + standbys")
     t_ready = time.time()
     orders = n_orders(recs)
     try:
@@ -1618,7 +1635,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--orders", type=int, default=None, help="orders in the pipeline sale (default 10000; quick 5000)")
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--backlog", type=int, default=None, help="orders for the catch-up run (default 20000; 0 = skip)")
-    ap.add_argument("--backlog-workers", type=int, default=1, help="workers draining the backlog (needs `owned`)")
+    ap.add_argument("--backlog-workers", type=int, default=1, help="workers draining the backlog (staged if > 1)")
+    ap.add_argument(
+        "--topology",
+        choices=["single", "staged"],
+        default="staged",
+        help="FENXIAO_TOPOLOGY of the scaling runs and of --backlog-workers > 1 (single: one owner + standbys)",
+    )
     ap.add_argument("--latency-seconds", type=float, default=None, help="produce time per load level (default 30)")
     ap.add_argument(
         "--grace", type=float, default=1.0, help="[pipeline] ordering_grace_seconds of the throughput workers (1 s)"

@@ -315,11 +315,19 @@ def run(settings: Settings, program: Program, loglevel: str = "info") -> int:
 
 
 class CreditChild:
-    """`fenxiao credit` as the worker's child: started before the worker waits for the lease, restarted if it dies."""
+    """`fenxiao credit` as the worker's child: started before the worker waits for the lease, restarted if it dies.
 
-    def __init__(self, owner: str, loglevel: str, config_path: str) -> None:
+    The lease holder also runs the attribution stage, the one serial part: while other workers' credit stages
+    are alive it leaves the credit group to them (`wanted` false), and takes its share back when it is alone.
+    """
+
+    def __init__(self, owner: str, loglevel: str, config_path: str, redis_url: str) -> None:
+        self.owner = owner
         self.loglevel = loglevel
+        self.redis_url = redis_url
         self.proc: subprocess.Popen[bytes] | None = None
+        self.wanted = True
+        self.balancing = False
         self._stopping = threading.Event()
         self._env = {**os.environ, names.ENV_CREDIT_OWNER: owner}
         self._config = config_path
@@ -337,16 +345,23 @@ class CreditChild:
 
     def _watch(self) -> None:
         while not self._stopping.wait(1.0):
+            if self.balancing:
+                others = others_alive(self.redis_url, self.owner)
+                if others >= 0:
+                    self.wanted = others == 0
             proc = self.proc
-            if proc is not None and proc.poll() is not None:
-                print(f"fenxiao: the credit stage exited with {proc.returncode}; starting it again", flush=True)
+            running = proc is not None and proc.poll() is None
+            if self.wanted and not running:
+                if proc is not None and proc.returncode not in (0, None):
+                    print(f"fenxiao: the credit stage exited with {proc.returncode}; starting it again", flush=True)
                 if self._stopping.wait(RESPAWN_PAUSE_S):
                     return
                 self._spawn()
+            elif not self.wanted and running:
+                print("fenxiao: other workers credit the orders; this lease holder leaves them its share", flush=True)
+                self._terminate()
 
-    def stop(self) -> None:
-        """SIGTERM the child and wait for it; SIGKILL if it does not stop in time."""
-        self._stopping.set()
+    def _terminate(self) -> None:
         proc = self.proc
         if proc is None or proc.poll() is not None:
             return
@@ -356,6 +371,25 @@ class CreditChild:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
+
+    def stop(self) -> None:
+        """SIGTERM the child and wait for it; SIGKILL if it does not stop in time."""
+        self._stopping.set()
+        self._terminate()
+
+
+def others_alive(redis_url: str, owner: str) -> int:
+    """How many other workers' credit stages published a status within its TTL (-1: Redis did not answer)."""
+    from streams.state import redis_conn
+
+    r = redis_conn.connect(redis_url, decode_responses=True, socket_timeout=2)
+    try:
+        mine = names.KEY_CREDIT_STATUS + owner
+        return sum(1 for k in r.scan_iter(match=names.KEY_CREDIT_STATUS + "*", count=1000) if k != mine)
+    except Exception:
+        return -1
+    finally:
+        r.close()
 
 
 def read_status(redis_url: str, owner: str) -> dict[str, object] | None:

@@ -86,7 +86,7 @@ def run(config_path: str | None, loglevel: str = "info", standby: bool = False, 
     servers = []
     from streams.pipeline import credit
 
-    credit_child = credit.CreditChild(owner, loglevel, str(path)).start() if staged else None
+    credit_child = credit.CreditChild(owner, loglevel, str(path), redis_url).start() if staged else None
 
     def waiting(holder: str) -> None:
         if not standby and holder.split("@", 1)[0] != settings.app_id:
@@ -128,6 +128,8 @@ def run(config_path: str | None, loglevel: str = "info", standby: bool = False, 
         problem = credit.claim_topology(redis_url, settings.kafka, settings.topology)
         if problem:
             raise WorkerError(problem)
+        if credit_child is not None:
+            credit_child.balancing = True  # the attribution stage runs here: credit only while alone
         if sink:
             sink_process.spawn(settings, loglevel)
         runtime.init(settings, program, owner, epoch)
