@@ -208,3 +208,41 @@ def test_a_withdrawal_stops_the_staged_worker_naming_the_setting(pipe: Env) -> N
             time.sleep(0.3)
     finally:
         w.kill()
+
+
+def test_the_credit_commit_is_fenced_by_the_partition_position(pipe: Env) -> None:
+    """A batch read at an old position (a redo, or a worker that lost the partition) writes nothing."""
+    import asyncio
+
+    import redis as redis_lib
+
+    from streams.engine.ledger import Balance, State
+    from streams.state.credit_store import CreditStore, PositionMoved
+    from streams.state.referral_store import StateLost
+
+    r = redis_lib.Redis.from_url(pipe.stack.redis_url, decode_responses=True)
+    r.set(names.KEY_EPOCH, "e1")
+    r.hset(names.KEY_CREDIT_POS, mapping={"0": "10", "1": "4"})
+
+    def batch() -> State:
+        state = State(complete=False)
+        state.balance_deltas["u"] = Balance(pending=500, earned=500)
+        return state
+
+    async def go() -> None:
+        store = CreditStore(pipe.stack.redis_url, 0, epoch="e1")
+        try:
+            await store.commit_credit(batch(), {0: (10, 15), 1: (4, 9)})
+            with pytest.raises(PositionMoved):
+                await store.commit_credit(batch(), {0: (10, 15)})  # the same batch again
+            with pytest.raises(PositionMoved):
+                await store.commit_credit(batch(), {1: (9, 12), 0: (12, 20)})  # one of two moved: neither
+            store.epoch = "e0"
+            with pytest.raises(StateLost):
+                await store.commit_credit(batch(), {0: (15, 20)})
+        finally:
+            await store.close()
+
+    asyncio.run(go())
+    assert r.hgetall(names.KEY_CREDIT_POS) == {"0": "15", "1": "9"}
+    assert r.hget(names.KEY_BALANCE + "u", "p") == "500"
