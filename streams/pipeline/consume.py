@@ -31,6 +31,18 @@ POLL_MAX_RECORDS = 20_000
 HOLD_CAP_PER_PARTITION = 40_000
 
 
+# Every consumer group of the engine's own stages: offsets by hand, committed transactions only, a dead member's
+# partitions moved within 10 s.
+GROUP_CONSUMER: dict[str, Any] = {
+    "enable_auto_commit": False,
+    "auto_offset_reset": "earliest",
+    "isolation_level": "read_committed",
+    "session_timeout_ms": 10_000,
+    "heartbeat_interval_ms": 3_000,
+    "max_poll_interval_ms": 300_000,
+}
+
+
 @dataclass(slots=True)
 class Record:
     """An input record as read: where it came from and its raw bytes."""
@@ -172,12 +184,7 @@ class InputReader:
             bootstrap_servers=bootstrap,
             group_id=group,
             client_id=client_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            isolation_level="read_committed",
-            session_timeout_ms=10_000,
-            heartbeat_interval_ms=3_000,
-            max_poll_interval_ms=300_000,
+            **GROUP_CONSUMER,
             fetch_max_wait_ms=100,
             max_partition_fetch_bytes=2 * 1024 * 1024,
         )

@@ -29,7 +29,7 @@ from schemas.events import Order, decode, format_ts
 from streams import names
 from streams.engine.config import Program
 from streams.engine.ledger import Binding, Entry, Ledger, SettleIndex, State
-from streams.pipeline.consume import DeadLetter
+from streams.pipeline.consume import GROUP_CONSUMER, DeadLetter
 from streams.pipeline.outputs import KafkaOutputs, OutputRecord, java_partition
 from streams.pipeline.sequencer import output_records
 from streams.pipeline.steps import StepValue, decode_step, key_of, raw_of, terms_of
@@ -137,12 +137,7 @@ class CreditStage:
             bootstrap_servers=settings.kafka,
             group_id=settings.app_id + names.CREDIT_GROUP_SUFFIX,
             client_id=f"{settings.app_id}-credit",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            isolation_level="read_committed",
-            session_timeout_ms=10_000,
-            heartbeat_interval_ms=3_000,
-            max_poll_interval_ms=300_000,
+            **GROUP_CONSUMER,
             fetch_max_wait_ms=50,
         )
         self.stats = CreditStats()

@@ -78,6 +78,17 @@ def _leader_port(ports: list[int]) -> int:
     raise AssertionError("no worker holds the input partitions")
 
 
+def _check_on_the_leader(pipe: Env, example: str, workers: list[scenario.WorkerProcess], ports: list[int]) -> None:
+    """Wait for expected.json in the topics, stop all but the lease holder, check Redis and its ClickHouse."""
+    out, diff = pipe.outcome(scenario.load_expected(example))
+    leader = _leader_port(ports)
+    for w, p in zip(workers, ports, strict=True):
+        if p != leader:
+            assert w.stop() == 0, w.log_tail()
+    lead = workers[ports.index(leader)]
+    assert_outcome(dataclasses.replace(pipe, web_port=leader), example, out, diff, lead)
+
+
 @pytest.mark.parametrize("example", ["basic", "two-level", "messy"])
 def test_two_active_workers_live(pipe: Env, example: str) -> None:
     """Two workers share the credit partitions (shown on /status); the scenario arrives live: exact."""
@@ -86,13 +97,7 @@ def test_two_active_workers_live(pipe: Env, example: str) -> None:
         shared = _wait_shared(ports)
         assert sorted(len(s) for s in shared.values()) == [0, 4], shared
         pipe.produce(scenario.load_records(example))
-        out, diff = pipe.outcome(scenario.load_expected(example))
-        leader = _leader_port(ports)
-        others = [w for w, p in zip(workers, ports, strict=True) if p != leader]
-        for w in others:
-            assert w.stop() == 0, w.log_tail()
-        lead = workers[ports.index(leader)]
-        assert_outcome(dataclasses.replace(pipe, web_port=leader), example, out, diff, lead)
+        _check_on_the_leader(pipe, example, workers, ports)
     finally:
         for w in workers:
             w.kill()
@@ -104,14 +109,8 @@ def test_three_active_workers_backlog(pipe: Env, example: str) -> None:
     pipe.produce(scenario.load_records(example))
     workers, ports = _workers(pipe, example, 3, FENXIAO_BATCH_SIZE="9")
     try:
-        out, diff = pipe.outcome(scenario.load_expected(example))
         _wait_shared(ports)
-        leader = _leader_port(ports)
-        for w, p in zip(workers, ports, strict=True):
-            if p != leader:
-                assert w.stop() == 0, w.log_tail()
-        lead = workers[ports.index(leader)]
-        assert_outcome(dataclasses.replace(pipe, web_port=leader), example, out, diff, lead)
+        _check_on_the_leader(pipe, example, workers, ports)
     finally:
         for w in workers:
             w.kill()
