@@ -65,6 +65,11 @@ class Settings(BaseSettings):
         default="https://shop.example/s", validation_alias=AliasChoices(names.ENV_SHARE_BASE_URL)
     )
 
+    advertised_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices(names.ENV_ADVERTISED_URL),
+        description="this worker's API as other workers reach it (default http://<web host>:<web port>)",
+    )
     topology: str = Field(
         default="single",
         pattern=r"^(single|staged)$",
@@ -96,6 +101,14 @@ class Settings(BaseSettings):
                 "pip install cramjam (a pinned dependency of fenxiao), or choose gzip or none"
             )
         return kind
+
+    @property
+    def api_url(self) -> str:
+        """Where other workers pass API requests while this one is active."""
+        if self.advertised_url:
+            return self.advertised_url.rstrip("/")
+        host = "127.0.0.1" if self.web_host in ("0.0.0.0", "::", "") else self.web_host
+        return f"http://{host}:{self.web_port}"
 
     @property
     def sink_port(self) -> int:

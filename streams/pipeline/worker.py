@@ -28,6 +28,31 @@ async def _redis_answers(url: str) -> bool:
         await r.aclose()
 
 
+def _active_web(redis_url: str) -> str | None:
+    """The active worker's API URL, for a standby to pass requests to (None: none yet, or Redis silent)."""
+    from streams.state import redis_conn
+
+    r = redis_conn.connect(redis_url, decode_responses=True, socket_timeout=2)
+    try:
+        got = r.get(names.KEY_ACTIVE_WEB)
+    except Exception:
+        return None
+    finally:
+        r.close()
+    return None if got is None else str(got)
+
+
+def _advertise(redis_url: str, url: str) -> None:
+    """Tell the standbys where the active worker's API answers."""
+    from streams.state import redis_conn
+
+    r = redis_conn.connect(redis_url, decode_responses=True, socket_timeout=5)
+    try:
+        r.set(names.KEY_ACTIVE_WEB, url)
+    finally:
+        r.close()
+
+
 def run(config_path: str | None, loglevel: str = "info", standby: bool = False, sink: bool = True) -> int:
     """Start the worker in the foreground; returns when it is stopped (SIGINT/SIGTERM)."""
     settings = get_settings()
@@ -82,7 +107,9 @@ def run(config_path: str | None, loglevel: str = "info", standby: bool = False, 
     # `fenxiao worker` processes needs no roles, and one that is killed is replaced by the next in line.
     from streams.pipeline.standby import StandbyStatus, serve
 
-    status = StandbyStatus(owner, settings.token_key.get_secret_value(), redis_url if staged else None)
+    status = StandbyStatus(
+        owner, settings.token_key.get_secret_value(), redis_url if staged else None, lambda: _active_web(redis_url)
+    )
     servers = []
     from streams.pipeline import credit
 
@@ -130,6 +157,7 @@ def run(config_path: str | None, loglevel: str = "info", standby: bool = False, 
             raise WorkerError(problem)
         if credit_child is not None:
             credit_child.balancing = True  # the attribution stage runs here: credit only while alone
+        _advertise(redis_url, settings.api_url)
         if sink:
             sink_process.spawn(settings, loglevel)
         runtime.init(settings, program, owner, epoch)

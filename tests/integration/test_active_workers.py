@@ -78,6 +78,33 @@ def _leader_port(ports: list[int]) -> int:
     raise AssertionError("no worker holds the input partitions")
 
 
+def _every_worker_answers_the_api(pipe: Env, example: str, ports: list[int]) -> None:
+    """Once the outcome is there, each worker's API gives the same balances (a standby passes requests on)."""
+    expected = scenario.load_expected(example)
+    pipe.outcome(expected)
+    for who, want in expected["balances"].items():
+        for port in ports:
+            deadline = time.monotonic() + 30
+            while True:
+                got = scenario.http_json(port, f"/api/distributors/{who}")
+                if (got["available_cents"], got["pending_cents"]) == (want["available_cents"], want["pending_cents"]):
+                    break
+                assert time.monotonic() < deadline, (port, who, got, want)
+                time.sleep(0.5)
+    no_token = [port for port in ports if _status_code(port, "/api/me", "") != 401]
+    assert not no_token, f"workers that answered /api/me without a token other than 401: {no_token}"
+
+
+def _status_code(port: int, path: str, token: str) -> int:
+    import urllib.error
+
+    try:
+        scenario.http_json(port, path, token=token)
+    except urllib.error.HTTPError as e:
+        return e.code
+    return 200
+
+
 def _check_on_the_leader(pipe: Env, example: str, workers: list[scenario.WorkerProcess], ports: list[int]) -> None:
     """Wait for expected.json in the topics, stop all but the lease holder, check Redis and its ClickHouse."""
     out, diff = pipe.outcome(scenario.load_expected(example))
@@ -97,6 +124,7 @@ def test_two_active_workers_live(pipe: Env, example: str) -> None:
         shared = _wait_shared(ports)
         assert sorted(len(s) for s in shared.values()) == [0, 4], shared
         pipe.produce(scenario.load_records(example))
+        _every_worker_answers_the_api(pipe, example, ports)
         _check_on_the_leader(pipe, example, workers, ports)
     finally:
         for w in workers:
