@@ -765,6 +765,13 @@ def start_profiler(ctx: Ctx, pid: int, path: Path) -> subprocess.Popen[bytes] | 
     return spy
 
 
+def stop_profiler(spy: subprocess.Popen[bytes]) -> None:
+    """SIGINT makes py-spy write its file; wait for it."""
+    spy.send_signal(signal.SIGINT)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        spy.wait(30)
+
+
 async def phase_pipeline(
     ctx: Ctx, worker: Worker, tail: Tail, records: list[dict[str, Any]], want: set[str], profile: Path | None
 ) -> dict[str, Any]:
@@ -777,9 +784,7 @@ async def phase_pipeline(
     )
     after = ctx.usage()
     if spy is not None:
-        spy.send_signal(signal.SIGINT)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            spy.wait(30)
+        stop_profiler(spy)
     secs = end - prod.first_order
     orders = n_orders(records)
     return {
@@ -982,10 +987,14 @@ async def phase_scaling_run(
                 ctx.cg.set_quota(w.component, ctx.args.quota_us, ctx.args.period_us)
                 throttle0[w.component] = ctx.cg.throttled(w.component)
         await tail.start()
+        prof_path = ctx.tmp / f"{run}-lease-holder-profile.txt"
+        spy = start_profiler(ctx, first.pid, prof_path) if n == 2 and active and not ctx.args.no_profile else None
         before = ctx.usage()
         prod = await produce_fast(ctx.st.bootstrap, records)
         end, seen = await wait_entries(tail, exp.ids, quiet_s=max(30.0, 3 * ctx.args.grace), workers=workers)
         after = ctx.usage()
+        if spy is not None:
+            stop_profiler(spy)
         orders = n_orders(records)
         secs = end - prod.first_order
         throttled = {}
@@ -1011,6 +1020,10 @@ async def phase_scaling_run(
             "rss_peak_mb": {w.component: w.rss_peak_kb / 1024 for w in workers},
             "cpu_ms_per_1k_order_records": cpu_by_component(before, after, orders, run),
         }
+        if spy is not None:  # the lease holder of two does the attribution stage alone: the serial part's profile
+            out["lease_holder_profile"] = summarize_file(prof_path)
+            if ctx.args.keep_profile:
+                shutil.copy(prof_path, ctx.args.out_dir / f"{run}-lease-holder-profile.txt")
         pr, got = rate(orders, prod.done - prod.first_order), rate(orders, secs)
         if not math.isnan(pr) and pr < 1.5 * got:
             ctx.note(f"{run}: the producer ({pr:,.0f} order records/s) was near the workers' rate: producer-bound")
@@ -1406,16 +1419,29 @@ def print_report(res: dict[str, Any], s: dict[str, Any]) -> None:
         for c in comps:
             ct.add_row(c, *(fmt((v or {}).get(c), "", 1) for v in cpu.values()))
         console.print(ct)
-    prof = res.get("profile") or {}
-    if prof.get("samples"):
-        pt = Table(title=f"worker profile (py-spy, {prof['samples']:,} samples, inclusive %)")
-        pt.add_column("category")
-        pt.add_column("%", justify="right")
-        for k, v in sorted(prof["inclusive_pct"].items(), key=lambda kv: -kv[1]):
-            pt.add_row(k, f"{v}")
-        console.print(pt)
+    print_profile(res.get("profile") or {}, "worker profile")
+    lease = ((res.get("scaling") or {}).get("runs") or {}).get(2, {}).get("lease_holder_profile") or {}
+    print_profile(lease, "scale2 lease holder profile (the attribution stage alone)")
     for n in s["notes"]:
         console.print(f"[yellow]note:[/] {n}")
+
+
+def print_profile(prof: dict[str, Any], title: str) -> None:
+    """A py-spy summary as two tables: inclusive share per category, then the hottest leaf functions."""
+    if not prof.get("samples"):
+        return
+    pt = Table(title=f"{title} (py-spy, {prof['samples']:,} samples, inclusive %)")
+    pt.add_column("category")
+    pt.add_column("%", justify="right")
+    for k, v in sorted(prof["inclusive_pct"].items(), key=lambda kv: -kv[1]):
+        pt.add_row(k, f"{v}")
+    console.print(pt)
+    lt = Table(title=f"{title}: top self (leaf) functions, %")
+    lt.add_column("function")
+    lt.add_column("%", justify="right")
+    for f, v in prof.get("top_self") or []:
+        lt.add_row(str(f), f"{v}")
+    console.print(lt)
 
 
 def chart(res: dict[str, Any], path: Path) -> None:
@@ -1541,7 +1567,7 @@ async def run_stack_phases(ctx: Ctx, res: dict[str, Any]) -> None:
             quota = f"{args.quota_us}/{args.period_us} us each" if ctx.cg else "NO quota (no cgroups)"
             console.rule(f"scaling: {n} worker(s), {quota}, {n_orders(srecs):,} order records")
             runs[n] = await phase_scaling_run(ctx, n, srecs, sexp, cfg)
-            console.print({k: v for k, v in runs[n].items() if k != "ledger"})
+            console.print({k: v for k, v in runs[n].items() if k not in ("ledger", "lease_holder_profile")})
         if ctx.cg is None:
             ctx.note("scaling ran without CPU quotas (no cgroups): its speedups are not per fixed quota")
         res["scaling"] = {"runs": runs, **scaling_summary(runs)}

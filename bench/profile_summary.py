@@ -7,19 +7,21 @@ from pathlib import Path
 
 # (label, substrings: a sample counts for the category if any frame of its stack contains one of them).
 CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("decode + validate input (schemas/events.py)", ("(schemas/events.py",)),
+    ("decode + validate input (schemas/)", ("(schemas/",)),
     ("alignment (streams/engine/alignment.py)", ("(streams/engine/alignment.py",)),
-    (
-        "Redis load (Lua) + commit (MULTI/EXEC)",
-        ("load (streams/state/referral_store.py", "commit (streams/state/referral_store.py"),
-    ),
-    ("ledger rules (streams/engine/ledger.py)", ("(streams/engine/ledger.py",)),
-    ("produce outputs: send_all + wait for acks", ("send_all (",)),
-    ("ClickHouse sink (streams/sink*.py, chdb)", ("(streams/sink", "chdb")),
-    ("JSON encode/decode (json module)", ("json/", "(json", "orjson")),
-    ("pydantic", ("pydantic",)),
+    ("sequencer's own code (streams/pipeline/sequencer.py)", ("(streams/pipeline/sequencer.py",)),
+    ("ledger rules (streams/engine/)", ("(streams/engine/ledger.py", "(streams/engine/commission.py")),
+    ("order steps: encode/decode (streams/pipeline/steps.py)", ("(streams/pipeline/steps.py",)),
+    ("Redis writes (streams/state/, redis-py)", ("(streams/state/", "redis/")),
+    ("produce outputs (streams/pipeline/outputs.py)", ("(streams/pipeline/outputs.py",)),
+    ("input fetch (streams/pipeline/consume.py)", ("(streams/pipeline/consume.py",)),
     ("aiokafka client (fetch, produce requests, protocol)", ("aiokafka/",)),
     ("  of which: producer socket writes (Sender._send_produce_req)", ("_send_produce_req (",)),
+    ("ClickHouse sink (streams/sinks/, chdb)", ("(streams/sinks/", "chdb")),
+    ("JSON encode/decode (json module)", ("json/", "(json", "orjson")),
+    ("pydantic", ("pydantic",)),
+    ("asyncio event loop itself (select, callbacks)", ("select (selectors.py", "_run_once (asyncio")),
+    ("gc", ("gc_collect", "(gc)")),
     ("logging", ("logging/__init__",)),
 )
 # faust and asyncio frames are under every sample (the worker runs inside them), so they are not a category.
