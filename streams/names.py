@@ -99,6 +99,7 @@ KEY_ADJUSTMENTS = "fx:adj"  # hash adjustment_id -> the event id that applied it
 KEY_ORDER_MARKS = "fx:om"  # set of order ids the attribution stage saw paid or cancelled (their state is in fx:o:)
 KEY_CREDIT_POS = "fx:cr:pos"  # hash order-steps partition -> next offset the credit stage applies (its commit point)
 KEY_CREDIT_STATUS = "fx:cr:st:"  # + worker owner id -> string: that worker's credit stage status JSON, short TTL
+KEY_CREDIT_ALIVE = "fx:cr:alive"  # sorted set: credit stage owner -> expiry epoch ms of its last status
 KEY_ACTIVE_WEB = "fx:active:web"  # string: the lease holder's advertised API URL; standbys pass requests to it
 KEY_TOPOLOGY = "fx:topology"  # string: the topology this Redis's state was built by (single or staged)
 KEY_SEQ = "fx:seq"  # hash: the sequencer's last applied key, for operators

@@ -186,6 +186,7 @@ class CreditStage:
             await self.consumer.stop()
             await self.outputs.stop()
             await self.store.redis.delete(names.KEY_CREDIT_STATUS + self.owner)
+            await self.store.redis.zrem(names.KEY_CREDIT_ALIVE, self.owner)
             await self.store.close()
 
     async def _batch(self, got: dict[TopicPartition, list[Any]]) -> None:
@@ -275,7 +276,10 @@ class CreditStage:
         if now - self._last_status < STATUS_EVERY_S:
             return
         self._last_status = now
-        await self.store.redis.set(names.KEY_CREDIT_STATUS + self.owner, json.dumps(self.status()), px=STATUS_TTL_MS)
+        pipe = self.store.redis.pipeline(transaction=False)
+        pipe.set(names.KEY_CREDIT_STATUS + self.owner, json.dumps(self.status()), px=STATUS_TTL_MS)
+        pipe.zadd(names.KEY_CREDIT_ALIVE, {self.owner: int(time.time() * 1000) + STATUS_TTL_MS})
+        await pipe.execute()
 
 
 def run(settings: Settings, program: Program, loglevel: str = "info") -> int:
@@ -339,9 +343,19 @@ class CreditChild:
         self.proc = subprocess.Popen(cmd, env=self._env)
 
     def _watch(self) -> None:
+        from streams.state import redis_conn
+
+        # One client for the thread's life: redis-py reads package metadata for every new connection.
+        r = redis_conn.connect(self.redis_url, decode_responses=True, socket_timeout=2)
+        try:
+            self._watch_with(r)
+        finally:
+            r.close()
+
+    def _watch_with(self, r: Any) -> None:
         while not self._stopping.wait(1.0):
             if self.balancing:
-                others = others_alive(self.redis_url, self.owner)
+                others = others_alive(r, self.owner)
                 if others >= 0:
                     self.wanted = others == 0
             proc = self.proc
@@ -373,18 +387,21 @@ class CreditChild:
         self._terminate()
 
 
-def others_alive(redis_url: str, owner: str) -> int:
-    """How many other workers' credit stages published a status within its TTL (-1: Redis did not answer)."""
-    from streams.state import redis_conn
+def others_alive(r: Any, owner: str) -> int:
+    """How many other workers' credit stages published a status within its TTL (-1: Redis did not answer).
 
-    r = redis_conn.connect(redis_url, decode_responses=True, socket_timeout=2)
+    One sorted set of owner -> expiry ms, not a SCAN for status keys: a SCAN walks the whole keyspace (every
+    user's keys) once a second, and it was a tenth of the lease holder's CPU.
+    """
     try:
-        mine = names.KEY_CREDIT_STATUS + owner
-        return sum(1 for k in r.scan_iter(match=names.KEY_CREDIT_STATUS + "*", count=1000) if k != mine)
+        now_ms = int(time.time() * 1000)
+        pipe = r.pipeline(transaction=False)
+        pipe.zremrangebyscore(names.KEY_CREDIT_ALIVE, "-inf", now_ms)
+        pipe.zrangebyscore(names.KEY_CREDIT_ALIVE, now_ms, "+inf")
+        alive = pipe.execute()[1]
+        return sum(1 for k in alive if k != owner)
     except Exception:
         return -1
-    finally:
-        r.close()
 
 
 def read_status(redis_url: str, owner: str) -> dict[str, object] | None:

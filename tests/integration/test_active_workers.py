@@ -273,3 +273,21 @@ def test_the_credit_commit_is_fenced_by_the_partition_position(pipe: Env) -> Non
     asyncio.run(go())
     assert r.hgetall(names.KEY_CREDIT_POS) == {"0": "15", "1": "9"}
     assert r.hget(names.KEY_BALANCE + "u", "p") == "500"
+
+
+def test_the_lease_holder_counts_other_credit_stages_by_unexpired_status(pipe: Env) -> None:
+    """Only other owners whose status has not expired count; expired ones are removed; Redis down reads -1."""
+    import redis as redis_lib
+
+    from streams.pipeline.credit import others_alive
+
+    r = redis_lib.Redis.from_url(pipe.stack.redis_url, decode_responses=True)
+    now_ms = int(time.time() * 1000)
+    r.zadd(names.KEY_CREDIT_ALIVE, {"me": now_ms + 5000, "w2": now_ms + 5000, "w3": now_ms + 3000, "gone": now_ms - 1})
+    assert others_alive(r, "me") == 2
+    assert others_alive(r, "w2") == 2
+    assert r.zscore(names.KEY_CREDIT_ALIVE, "gone") is None
+    r.zadd(names.KEY_CREDIT_ALIVE, {"w2": now_ms - 10, "w3": now_ms - 10})
+    assert others_alive(r, "me") == 0
+    down = redis_lib.Redis(port=stack_mod.pick_free_ports(1)[0], socket_timeout=0.5, socket_connect_timeout=0.5)
+    assert others_alive(down, "me") == -1
