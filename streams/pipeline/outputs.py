@@ -9,17 +9,35 @@ on keys landing on the same partition as other clients' records see no differenc
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
+import importlib
 from collections.abc import Sequence
 from typing import Any
 
 import msgspec
 import murmurhash2
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, codec
 
 OutputRecord = tuple[str, bytes | None, dict[str, object]]
 _JSON = msgspec.json.Encoder()
 # Java's DefaultPartitioner: murmur2 with this seed, sign bit cleared, modulo the partition count.
 MURMUR2_SEED = 0x9747B28C
+# lz4 level of the batches the worker builds; aiokafka's own is 9 (HC). Any level decodes the same everywhere.
+LZ4_LEVEL = 1
+_BATCH_BUILDERS = ("aiokafka.record.default_records", "aiokafka.record._crecords.default_records")
+
+
+def use_fast_lz4(level: int = LZ4_LEVEL) -> None:
+    """Make aiokafka's batch builders compress lz4 at `level`: its fixed level 9 cost 2.5 us per output record here.
+
+    Level 1 costs 0.2 us at ~80 % of level 9's ratio (bench: one sale's step records); aiokafka 0.14 has no
+    setting for it, so the builders' module-level `lz4_encode` (Python and C builders alike) is replaced.
+    """
+    fast = functools.partial(codec.lz4_encode, level=level)
+    for name in _BATCH_BUILDERS:
+        with contextlib.suppress(ImportError):  # the C builders are absent when aiokafka runs without extensions
+            vars(importlib.import_module(name))["lz4_encode"] = fast
 
 
 def java_partition(key: bytes, partitions: int) -> int:
@@ -54,6 +72,7 @@ class KafkaOutputs:
 
     async def start(self) -> None:
         """Connect."""
+        use_fast_lz4()
         self._producer = AIOKafkaProducer(**self._config)
         await self._producer.start()
         self._started = True

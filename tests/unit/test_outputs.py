@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import random
 
 import pytest
@@ -45,3 +46,43 @@ def test_offset_book_commits_the_first_unreleased_offset_or_the_read_position() 
     assert book.committable() == {T0: 13, T1: 5}
     book.forget(T1)
     assert book.committable() == {T0: 13}
+
+
+BUILDERS = ["aiokafka.record.default_records", "aiokafka.record._crecords"]
+
+
+def _lz4_batch(module: str, records: list[tuple[bytes, bytes]]) -> bytes:
+    builder = importlib.import_module(module).DefaultRecordBatchBuilder
+    b = builder(
+        magic=2,
+        compression_type=3,
+        is_transactional=0,
+        producer_id=-1,
+        producer_epoch=-1,
+        base_sequence=-1,
+        batch_size=1 << 20,
+    )
+    for i, (k, v) in enumerate(records):
+        b.append(i, timestamp=None, key=k, value=v, headers=[])
+    return bytes(b.build())
+
+
+@pytest.mark.parametrize("module", BUILDERS)
+def test_fast_lz4_batches_decode_to_the_same_records_and_are_not_level_9(module: str) -> None:
+    from aiokafka.record.default_records import DefaultRecordBatch
+
+    from streams.pipeline import outputs
+
+    records = [
+        (b"o-%d" % i, b'{"order_id":"o-%d","buyer":"u-%d","amount_cents":%d}' % (i, i % 97, i * 7)) for i in range(3000)
+    ]
+    outputs.use_fast_lz4(9)
+    try:
+        slow = _lz4_batch(module, records)
+        outputs.use_fast_lz4()
+        fast = _lz4_batch(module, records)
+        assert fast != slow  # the builder took the patched level (level 1 and 9 differ on this data)
+        for buf in (fast, slow):
+            assert [(r.key, r.value) for r in DefaultRecordBatch(bytearray(buf))] == records
+    finally:
+        outputs.use_fast_lz4()
