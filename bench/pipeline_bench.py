@@ -989,10 +989,10 @@ async def phase_scaling_run(
         await tail.start()
         prof_path = ctx.tmp / f"{run}-lease-holder-profile.txt"
         spy = start_profiler(ctx, first.pid, prof_path) if n == 2 and active and not ctx.args.no_profile else None
-        before = ctx.usage()
+        before, t_before = ctx.usage(), time.monotonic()
         prod = await produce_fast(ctx.st.bootstrap, records)
         end, seen = await wait_entries(tail, exp.ids, quiet_s=max(30.0, 3 * ctx.args.grace), workers=workers)
-        after = ctx.usage()
+        after, t_after = ctx.usage(), time.monotonic()
         if spy is not None:
             stop_profiler(spy)
         orders = n_orders(records)
@@ -1020,6 +1020,13 @@ async def phase_scaling_run(
             "rss_peak_mb": {w.component: w.rss_peak_kb / 1024 for w in workers},
             "cpu_ms_per_1k_order_records": cpu_by_component(before, after, orders, run),
         }
+        cores = box_cores_busy(before, after, t_after - t_before)
+        out["cores_busy"] = cores
+        if cores is not None and cores >= 0.85 * (os.cpu_count() or 1):
+            ctx.note(
+                f"{run}: every component together kept {cores:.2f} of the machine's {os.cpu_count()} cores busy, so "
+                "the unthrottled infrastructure competed with the workers for CPU: the box, not the quota, bounds it"
+            )
         if spy is not None:  # the lease holder of two does the attribution stage alone: the serial part's profile
             out["lease_holder_profile"] = summarize_file(prof_path)
             if ctx.args.keep_profile:
@@ -1035,6 +1042,13 @@ async def phase_scaling_run(
             w.stop()
         if sink:
             sink.stop()
+
+
+def box_cores_busy(before: dict[str, int], after: dict[str, int], secs: float) -> float | None:
+    """Cores the whole benchmark kept busy over a window (every cgroup's CPU time / wall time)."""
+    if not after or secs <= 0:
+        return None
+    return round(sum(ns - before.get(comp, 0) for comp, ns in after.items()) / 1e9 / secs, 2)
 
 
 def scaling_summary(runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
