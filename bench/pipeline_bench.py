@@ -987,7 +987,7 @@ async def phase_scaling_run(
                 ctx.cg.set_quota(w.component, ctx.args.quota_us, ctx.args.period_us)
                 throttle0[w.component] = ctx.cg.throttled(w.component)
         await tail.start()
-        prof_path = ctx.tmp / f"{run}-lease-holder-profile.txt"
+        prof_path = ctx.tmp / f"{run}-lease-holder-profile.txt"  # the lease holder of two: attribution alone
         spy = start_profiler(ctx, first.pid, prof_path) if n == 2 and active and not ctx.args.no_profile else None
         before, t_before = ctx.usage(), time.monotonic()
         prod = await produce_fast(ctx.st.bootstrap, records)
@@ -1027,7 +1027,7 @@ async def phase_scaling_run(
                 f"{run}: every component together kept {cores:.2f} of the machine's {os.cpu_count()} cores busy, so "
                 "the unthrottled infrastructure competed with the workers for CPU: the box, not the quota, bounds it"
             )
-        if spy is not None:  # the lease holder of two does the attribution stage alone: the serial part's profile
+        if spy is not None:
             out["lease_holder_profile"] = summarize_file(prof_path)
             if ctx.args.keep_profile:
                 shutil.copy(prof_path, ctx.args.out_dir / f"{run}-lease-holder-profile.txt")

@@ -9,10 +9,10 @@ from pathlib import Path
 CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("decode + validate input (schemas/)", ("(schemas/",)),
     ("alignment (streams/engine/alignment.py)", ("(streams/engine/alignment.py",)),
-    ("sequencer's own code (streams/pipeline/sequencer.py)", ("(streams/pipeline/sequencer.py",)),
+    ("the sequencer's loop and all it calls (streams/pipeline/sequencer.py)", ("(streams/pipeline/sequencer.py",)),
     ("ledger rules (streams/engine/)", ("(streams/engine/ledger.py", "(streams/engine/commission.py")),
     ("order steps: encode/decode (streams/pipeline/steps.py)", ("(streams/pipeline/steps.py",)),
-    ("Redis writes (streams/state/, redis-py)", ("(streams/state/", "redis/")),
+    ("Redis (streams/state/, redis-py)", ("(streams/state/", "redis/")),
     ("produce outputs (streams/pipeline/outputs.py)", ("(streams/pipeline/outputs.py",)),
     ("input fetch (streams/pipeline/consume.py)", ("(streams/pipeline/consume.py",)),
     ("aiokafka client (fetch, produce requests, protocol)", ("aiokafka/",)),

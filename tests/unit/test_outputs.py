@@ -9,6 +9,7 @@ import pytest
 from aiokafka import TopicPartition
 from aiokafka.partitioner import murmur2
 
+from streams.pipeline import outputs
 from streams.pipeline.consume import OffsetBook
 from streams.pipeline.outputs import java_partition
 
@@ -70,8 +71,6 @@ def _lz4_batch(module: str, records: list[tuple[bytes, bytes]]) -> bytes:
 @pytest.mark.parametrize("module", BUILDERS)
 def test_fast_lz4_batches_decode_to_the_same_records_and_are_not_level_9(module: str) -> None:
     from aiokafka.record.default_records import DefaultRecordBatch
-
-    from streams.pipeline import outputs
 
     records = [
         (b"o-%d" % i, b'{"order_id":"o-%d","buyer":"u-%d","amount_cents":%d}' % (i, i % 97, i * 7)) for i in range(3000)
