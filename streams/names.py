@@ -95,9 +95,12 @@ KEY_WITHDRAWAL = "fx:w:"  # + withdrawal_id -> hash (s JSON state, e JSON list o
 KEY_WITHDRAWAL_QUEUE = "fx:wq"  # zset withdrawal_id -> requested ts ms: open (requested or approved) withdrawals
 KEY_DISTRIBUTOR_WITHDRAWALS = "fx:wu:"  # + distributor_id -> zset withdrawal_id -> requested ts ms
 KEY_ADJUSTMENTS = "fx:adj"  # hash adjustment_id -> the event id that applied it (a repeat is duplicate_adjustment)
-# Staged topology (streams/state/credit_store.py): the attribution stage's order marks, the credit stage's positions.
+# Staged topology (streams/state/credit_store.py, credit_cluster.py): order marks, the credit stage's positions.
 KEY_ORDER_MARKS = "fx:om"  # set of order ids the attribution stage saw paid or cancelled (their state is in fx:o:)
-KEY_CREDIT_POS = "fx:cr:pos"  # hash order-steps partition -> next offset the credit stage applies (its commit point)
+KEY_CREDIT_POS = "fx:{m}:cr:pos"  # hash order-steps partition -> next offset the credit stage applies (commit point)
+KEY_CREDIT_POS_BEFORE = "fx:cr:pos"  # the positions' name until 2026-12-04 (outside {m}): renamed at start
+KEY_CREDIT_JOURNAL = "fx:{m}:cr:journal"  # hash (cluster only): lanes; lane L: s:L seq, n:L + e:L unlanded batch
+KEY_CREDIT_MARK = "fx:cm:"  # + "{tag}" (cluster only), per slot a credit batch wrote -> hash lane -> seq applied
 KEY_CREDIT_STATUS = "fx:cr:st:"  # + worker owner id -> string: that worker's credit stage status JSON, short TTL
 KEY_CREDIT_ALIVE = "fx:cr:alive"  # sorted set: credit stage owner -> expiry epoch ms of its last status
 KEY_ACTIVE_WEB = "fx:active:web"  # string: the lease holder's advertised API URL; standbys pass requests to it

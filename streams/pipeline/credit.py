@@ -34,8 +34,9 @@ from streams.pipeline.outputs import KafkaOutputs, OutputRecord, java_partition
 from streams.pipeline.sequencer import output_records
 from streams.pipeline.steps import StepValue, decode_step, key_of, raw_of, terms_of
 from streams.settings import Settings
-from streams.state.credit_store import CreditStore, PositionMoved
+from streams.state.credit_store import PositionMoved
 from streams.state.referral_store import StateLost
+from streams.state.stores import open_credit_store
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +132,7 @@ class CreditStage:
         self.settings = settings
         self.program = program
         self.owner = owner
-        self.store = CreditStore(settings.redis_url.get_secret_value(), program.attribution_window_ms)
+        self.store = open_credit_store(settings.redis_url.get_secret_value(), program.attribution_window_ms)
         self.outputs = KafkaOutputs(settings.kafka, f"{settings.app_id}-credit-outputs", settings.compression_type)
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.kafka,
@@ -167,6 +168,8 @@ class CreditStage:
                     todo.remove(tp)
             if todo:
                 await asyncio.sleep(WAIT_FOR_STATE_S)
+        # After the positions, before any load: a batch whose positions moved may not have reached every node yet.
+        await self.store.redo_journal()
         mine = {tp.partition for tp in self.consumer.assignment()}
         self.stats.positions = {p: o for p, o in self.stats.positions.items() if p in mine}
 
@@ -442,8 +445,10 @@ def claim_topology(redis_url: str, bootstrap: str, topology: str) -> str | None:
             )
         if topology != "staged":
             return None
+        if not redis_conn.is_cluster(redis_url) and r.exists(names.KEY_CREDIT_POS_BEFORE):
+            r.renamenx(names.KEY_CREDIT_POS_BEFORE, names.KEY_CREDIT_POS)  # a state staged before the {m} name
         ends = asyncio.run(_step_ends(bootstrap))
-        with r.pipeline(transaction=True) as p:
+        with r.pipeline(transaction=False) as p:  # each HSETNX alone is atomic, and a cluster has no MULTI here
             for part, end in ends.items():
                 p.hsetnx(names.KEY_CREDIT_POS, str(part), str(end))
             p.execute()

@@ -82,12 +82,6 @@ def run(config_path: str | None, loglevel: str = "info", standby: bool = False, 
     if not asyncio.run(_redis_answers(redis_url)):
         raise WorkerError(f"Redis does not answer: run `fenxiao stack up` or set {names.ENV_REDIS_URL}")
     staged = settings.topology == "staged"
-    if staged and redis_url.startswith("redis+cluster"):
-        raise WorkerError(
-            f"{names.ENV_TOPOLOGY}=staged runs on one Redis server: its credit stage moves a partition's position in "
-            f"the same script as the batch's keys, which a cluster spreads over nodes. Use {names.ENV_TOPOLOGY}=single "
-            "with the cluster, or a redis:// URL"
-        )
     stack.ensure_topics(settings.kafka, settings.partitions)
     settings.var_dir.mkdir(parents=True, exist_ok=True)  # faust's datadir lives in it (chDB used to create it)
     os.environ[names.ENV_CONFIG] = str(path)

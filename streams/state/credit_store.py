@@ -17,8 +17,9 @@ from streams import names
 from streams.engine.ledger import State
 from streams.state.referral_store import BatchRequest, RedisStore, StateLost
 
-# KEYS[1] epoch, KEYS[2] positions; ARGV[1] epoch, ARGV[2] JSON [[partition, expected, next], ...], ARGV[3] commands.
-_CREDIT_COMMIT_LUA = """
+# KEYS[1] epoch, KEYS[2] positions; ARGV[1] epoch, ARGV[2] JSON [[partition, expected, next], ...]. Shared with
+# the cluster's journal script (streams/state/credit_cluster.py), which goes on after the positions moved.
+MOVE_POSITIONS_LUA = """
 local epoch = redis.call('GET', KEYS[1])
 if epoch ~= ARGV[1] then return {'epoch', epoch or ''} end
 local moves = cjson.decode(ARGV[2])
@@ -27,12 +28,22 @@ for _, m in ipairs(moves) do
   if cur ~= m[2] then return {'moved', m[1]} end
 end
 for _, m in ipairs(moves) do redis.call('HSET', KEYS[2], m[1], m[3]) end
-local commands = cjson.decode(ARGV[3])
+"""
+# ARGV[3] commands.
+_CREDIT_COMMIT_LUA = (
+    MOVE_POSITIONS_LUA
+    + """local commands = cjson.decode(ARGV[3])
 for i = 1, #commands do redis.call(unpack(commands[i])) end
 return {'ok', tostring(#commands)}
 """
+)
 # Most due orders one batch load returns; the rest settle with a later batch (their entries are the same).
 SETTLE_LOAD_LIMIT = 50_000
+
+
+def moves_arg(moves: Mapping[int, tuple[int, int]]) -> str:
+    """The position moves as the scripts' JSON argument: [[partition, expected, next], ...] as strings."""
+    return msgspec.json.encode([[str(p), str(a), str(b)] for p, (a, b) in sorted(moves.items())]).decode()
 
 
 class PositionMoved(RuntimeError):
@@ -71,11 +82,19 @@ class CreditStore(RedisStore):
             keys=[names.KEY_EPOCH, names.KEY_CREDIT_POS],
             args=[
                 self.epoch,
-                msgspec.json.encode([[str(p), str(a), str(b)] for p, (a, b) in sorted(moves.items())]).decode(),
+                moves_arg(moves),
                 msgspec.json.encode(commands).decode(),
             ],
         )
-        if verdict == "epoch":
-            raise StateLost(f"the state's epoch changed under the credit stage (now {found or 'none'})")
-        if verdict == "moved":
-            raise PositionMoved(f"order-steps partition {found} was applied past this batch by another worker")
+        refuse(str(verdict), str(found))
+
+    async def redo_journal(self) -> None:
+        """Nothing to redo on one server: a batch's commit is one atomic script (the cluster store has a journal)."""
+
+
+def refuse(verdict: str, found: str) -> None:
+    """Raise for a commit script's refusal: the epoch changed (StateLost) or a position moved (PositionMoved)."""
+    if verdict == "epoch":
+        raise StateLost(f"the state's epoch changed under the credit stage (now {found or 'none'})")
+    if verdict == "moved":
+        raise PositionMoved(f"order-steps partition {found} was applied past this batch by another worker")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 from binascii import crc_hqx
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 from typing import Any
 
@@ -95,9 +95,14 @@ def _slot_tags() -> tuple[str, ...]:
     return tuple(t for t in tags if t is not None)
 
 
+def slot_key(prefix: str, slot: int) -> str:
+    """A key living in `slot`: the prefix and a hash tag that lands there."""
+    return f"{prefix}{{{_slot_tags()[slot]}}}"
+
+
 def marker_key(slot: int) -> str:
     """The marker key living in `slot`: which epoch and journal entry that slot has applied."""
-    return f"{names.KEY_SLOT_MARK}{{{_slot_tags()[slot]}}}"
+    return slot_key(names.KEY_SLOT_MARK, slot)
 
 
 def fence_slots(r: Any, epoch: str) -> None:
@@ -236,7 +241,21 @@ class ClusterStore(RedisStore):
                 raise StateLost(_state_lost_message(found))
 
     async def _apply(self, seq: int, commands: list[list[str]]) -> tuple[str, str]:
-        """Run journal entry `seq` on every node; slots that already applied it skip it. Retries on resharding."""
+        """Run journal entry `seq` on every node; slots that already applied it skip it."""
+        return await self.run_by_node(_APPLY_LUA, commands, lambda slot, cmds: [marker_key(slot), cmds], [seq])
+
+    async def run_by_node(
+        self,
+        script: str,
+        commands: list[list[str]],
+        group: Callable[[int, list[list[str]]], list[Any]],
+        args: list[Any],
+    ) -> tuple[str, str]:
+        """Run `script` once per node over that node's slots (group: a slot's marker keys and commands).
+
+        The script gets ARGV = the epoch, then args, then the groups as JSON; its first key routes the call.
+        Retries when the cluster reshards in between.
+        """
         groups = group_by_slot(commands)
         r: AsyncRedisCluster = self.redis
         for attempt in range(APPLY_ATTEMPTS):
@@ -244,9 +263,11 @@ class ClusterStore(RedisStore):
             by_node: dict[str, tuple[Any, list[list[Any]]]] = {}
             for slot, cmds in groups.items():
                 node = r.nodes_manager.get_node_from_slot(slot)
-                by_node.setdefault(node.name, (node, []))[1].append([marker_key(slot), cmds])
+                by_node.setdefault(node.name, (node, []))[1].append(group(slot, cmds))
             try:
-                results = await asyncio.gather(*(self._apply_node(node, seq, gs) for node, gs in by_node.values()))
+                results = await asyncio.gather(
+                    *(self._run_on_node(node, script, args, gs) for node, gs in by_node.values())
+                )
             except (MovedError, AskError, TryAgainError, ClusterDownError):
                 if attempt == APPLY_ATTEMPTS - 1:
                     raise
@@ -256,18 +277,18 @@ class ClusterStore(RedisStore):
             for verdict, found in results:
                 if verdict != "ok":
                     return "epoch", f"{verdict} at {found}"
-            return "ok", str(seq)
+            return "ok", ""
         raise AssertionError("unreachable")
 
-    async def _apply_node(self, node: Any, seq: int, groups: list[list[Any]]) -> tuple[str, str]:
-        """One node's share of a journal entry, in one script call routed by its first marker."""
+    async def _run_on_node(self, node: Any, script: str, args: list[Any], groups: list[list[Any]]) -> tuple[str, str]:
+        """One node's share, in one script call routed by its first group's first key."""
         verdict, found = await self.redis.execute_command(
             "EVAL",
-            _APPLY_LUA,
+            script,
             1,
             groups[0][0],
             self.epoch,
-            seq,
+            *args,
             json.dumps(groups, ensure_ascii=False, separators=(",", ":")),
             target_nodes=node,
         )

@@ -43,3 +43,17 @@ def pipe(stack: Any, tmp_path: Path) -> Iterator[Env]:
     """Empty topics, an empty Redis db and a new consumer group for each test."""
     yield scenario.fresh_env(stack, tmp_path, "test")
     shutil.rmtree(tmp_path / "var", ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Three primaries, no replicas, slots spread by redis-cli --cluster create; a start failure fails the tests."""
+    with stack_mod.redis_cluster(tmp_path_factory.mktemp("redis-cluster")) as url:
+        yield url
+
+
+@pytest.fixture
+def cpipe(stack: Any, cluster_url: str, tmp_path: Path) -> Iterator[Env]:
+    """A fresh pipeline whose FENXIAO_REDIS_URL is the cluster."""
+    yield scenario.fresh_env(stack_mod.ClusterStack(stack, cluster_url), tmp_path, "cluster")
+    shutil.rmtree(tmp_path / "var", ignore_errors=True)

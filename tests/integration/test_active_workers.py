@@ -291,3 +291,21 @@ def test_the_lease_holder_counts_other_credit_stages_by_unexpired_status(pipe: E
     assert others_alive(r, "me") == 0
     down = redis_lib.Redis(port=stack_mod.pick_free_ports(1)[0], socket_timeout=0.5, socket_connect_timeout=0.5)
     assert others_alive(down, "me") == -1
+
+
+def test_a_state_staged_before_the_positions_were_renamed_keeps_its_positions(pipe: Env) -> None:
+    """fx:cr:pos (the old name) is renamed at start, not replaced by the topic's end: no step is skipped."""
+    import redis as redis_lib
+
+    from streams.pipeline.credit import claim_topology
+
+    r = redis_lib.Redis.from_url(pipe.stack.redis_url, decode_responses=True)
+    r.set(names.KEY_TOPOLOGY, "staged")
+    r.hset(names.KEY_CREDIT_POS_BEFORE, mapping={"0": "7", "1": "0", "2": "3", "3": "0"})
+    pipe.produce([{"topic": names.ORDER_STEPS, "key": "o1", "value": {"x": 1}}] * 5)
+    assert claim_topology(pipe.stack.redis_url, pipe.stack.bootstrap, "staged") is None
+    assert r.hgetall(names.KEY_CREDIT_POS) == {"0": "7", "1": "0", "2": "3", "3": "0"}
+    assert not r.exists(names.KEY_CREDIT_POS_BEFORE)
+    r.delete(names.KEY_CREDIT_POS)
+    assert claim_topology(pipe.stack.redis_url, pipe.stack.bootstrap, "staged") is None
+    assert sum(int(v) for v in r.hgetall(names.KEY_CREDIT_POS).values()) == 5  # a new state starts at the end

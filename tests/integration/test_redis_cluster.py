@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,19 +31,6 @@ from tests.integration.scenario import Env
 from tests.integration.test_pipeline import EXAMPLES, _wait_log, assert_outcome, run_backlog
 
 FREEZE_CONFIG = program_toml(freeze_seconds=30, grace_seconds=1)
-
-
-@pytest.fixture(scope="module")
-def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Three primaries, no replicas, slots spread by redis-cli --cluster create; a start failure fails the tests."""
-    with stack_mod.redis_cluster(tmp_path_factory.mktemp("redis-cluster")) as url:
-        yield url
-
-
-@pytest.fixture
-def cpipe(stack: Any, cluster_url: str, tmp_path: Path) -> Env:
-    """A fresh pipeline whose FENXIAO_REDIS_URL is the cluster."""
-    return scenario.fresh_env(stack_mod.ClusterStack(stack, cluster_url), tmp_path, "cluster")
 
 
 def primaries(url: str) -> list[redis.Redis]:
@@ -126,22 +112,22 @@ def test_a_batch_applied_on_one_node_only_is_completed_once_by_the_next_worker(c
 
     async def crash_after_first_node() -> None:
         store = ClusterStore(cluster_url, 0, owner="w1", epoch="e1")
-        real = store._apply_node
+        real = store._run_on_node
         calls = 0
         first_landed = asyncio.Event()
 
-        async def one_node_then_die(node: Any, seq: int, groups: list[list[Any]]) -> tuple[str, str]:
+        async def one_node_then_die(node: Any, script: str, args: list[Any], groups: list[Any]) -> tuple[str, str]:
             nonlocal calls
             calls += 1
             if calls > 1:
                 await first_landed.wait()  # the nodes are applied concurrently: die only once one has it
                 raise ConnectionError("worker killed mid-commit")
             try:
-                return await real(node, seq, groups)
+                return await real(node, script, args, groups)
             finally:
                 first_landed.set()
 
-        store._apply_node = one_node_then_die  # type: ignore[method-assign]
+        store._run_on_node = one_node_then_die  # type: ignore[method-assign]
         try:
             with pytest.raises(ConnectionError):
                 await store._guarded(_stage_increments)
