@@ -411,13 +411,10 @@ def read_status(redis_url: str, owner: str) -> dict[str, object] | None:
     """A worker's credit stage status as its child last published it (None: not running or not staged)."""
     from streams.state import redis_conn
 
-    r = redis_conn.connect(redis_url, decode_responses=True, socket_timeout=2)
     try:
-        raw = r.get(names.KEY_CREDIT_STATUS + owner)
+        raw = redis_conn.shared(redis_url).get(names.KEY_CREDIT_STATUS + owner)
     except Exception:
         return None
-    finally:
-        r.close()
     if raw is None:
         return None
     got: dict[str, object] = json.loads(str(raw))

@@ -32,13 +32,10 @@ def _active_web(redis_url: str) -> str | None:
     """The active worker's API URL, for a standby to pass requests to (None: none yet, or Redis silent)."""
     from streams.state import redis_conn
 
-    r = redis_conn.connect(redis_url, decode_responses=True, socket_timeout=2)
     try:
-        got = r.get(names.KEY_ACTIVE_WEB)
+        got = redis_conn.shared(redis_url).get(names.KEY_ACTIVE_WEB)
     except Exception:
         return None
-    finally:
-        r.close()
     return None if got is None else str(got)
 
 

@@ -6,6 +6,7 @@ FENXIAO_REDIS_URL, and the cluster-only steps (flushing every primary) live in o
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import redis
@@ -33,6 +34,22 @@ def connect(url: str, **kwargs: Any) -> Any:
         kwargs.pop("db", None)
         return RedisCluster.from_url(plain_url(url), **kwargs)
     return redis.Redis.from_url(url, **kwargs)
+
+
+_SHARED: dict[str, Any] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared(url: str) -> Any:
+    """One blocking client per URL for a process's small repeated reads (each new client reads package metadata).
+
+    redis-py's clients are thread-safe (a connection pool), so the API threads and the status reads share it.
+    """
+    with _SHARED_LOCK:
+        client = _SHARED.get(url)
+        if client is None:
+            client = _SHARED[url] = connect(url, decode_responses=True, socket_timeout=2, socket_connect_timeout=2)
+        return client
 
 
 def connect_async(url: str, **kwargs: Any) -> Any:
