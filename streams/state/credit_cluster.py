@@ -23,7 +23,7 @@ from typing import Any
 from streams import names
 from streams.engine.ledger import State
 from streams.state.credit_store import MOVE_POSITIONS_LUA, CreditStore, moves_arg, refuse
-from streams.state.redis_cluster import ClusterStore, marker_key, slot_key
+from streams.state.redis_cluster import APPLY_PREAMBLE_LUA, ClusterStore, marker_key, slot_key
 from streams.state.referral_store import StateLost, _state_lost_message
 
 # KEYS[3] the journal; ARGV[3] the lane, ARGV[4] the batch's commands as JSON ('' when it wrote nothing).
@@ -48,15 +48,14 @@ return 0
 """
 
 # Groups [slot's epoch marker, slot's credit marks, commands]; KEYS[1] (the first marker) routes the call.
-_APPLY_LUA = """#!lua flags=allow-cross-slot-keys
-local epoch, lane, seq = ARGV[1], ARGV[2], tonumber(ARGV[3])
+_APPLY_LUA = (
+    APPLY_PREAMBLE_LUA
+    + """local epoch, lane, seq = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local groups = cjson.decode(ARGV[4])
 local todo = {}
 for _, g in ipairs(groups) do
-  local m = redis.call('GET', g[1])
-  if not m then return {'lost', g[1]} end
-  local bar = string.find(m, '|', 1, true)
-  if string.sub(m, 1, bar - 1) ~= epoch then return {'epoch', g[1]} end
+  local _, refused = fenced(g[1], epoch)
+  if refused then return refused end
   if tonumber(redis.call('HGET', g[2], lane) or '0') < seq then todo[#todo + 1] = g end
 end
 for _, g in ipairs(todo) do
@@ -65,6 +64,7 @@ for _, g in ipairs(todo) do
 end
 return {'ok', tostring(#todo)}
 """
+)
 
 
 def credit_mark_key(slot: int) -> str:

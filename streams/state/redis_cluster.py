@@ -48,18 +48,28 @@ return {'ok', tostring(seq)}
 """
 )
 
-# KEYS[1] is one of this node's slot markers (it routes the call); the others are reached undeclared,
-# which a cluster allows on the same node with this flag. Every marker is checked before anything runs.
-_APPLY_LUA = """#!lua flags=allow-cross-slot-keys
-local epoch, seq = ARGV[1], tonumber(ARGV[2])
+# Every apply script starts with this. Its first line lets KEYS[1] (one of this node's slot markers, which routes
+# the call) stand for undeclared keys of the same node; `fenced` reads a slot's epoch marker: the journal entry
+# that slot has applied, or the refusal to return (marker gone, or of another epoch).
+APPLY_PREAMBLE_LUA = """#!lua flags=allow-cross-slot-keys
+local function fenced(key, epoch)
+  local m = redis.call('GET', key)
+  if not m then return nil, {'lost', key} end
+  local bar = string.find(m, '|', 1, true)
+  if string.sub(m, 1, bar - 1) ~= epoch then return nil, {'epoch', key} end
+  return tonumber(string.sub(m, bar + 1)), nil
+end
+"""
+# Every marker is checked before anything runs.
+_APPLY_LUA = (
+    APPLY_PREAMBLE_LUA
+    + """local epoch, seq = ARGV[1], tonumber(ARGV[2])
 local groups = cjson.decode(ARGV[3])
 local todo = {}
-for i, g in ipairs(groups) do
-  local m = redis.call('GET', g[1])
-  if not m then return {'lost', g[1]} end
-  local bar = string.find(m, '|', 1, true)
-  if string.sub(m, 1, bar - 1) ~= epoch then return {'epoch', g[1]} end
-  if tonumber(string.sub(m, bar + 1)) < seq then todo[#todo + 1] = g end
+for _, g in ipairs(groups) do
+  local applied, refused = fenced(g[1], epoch)
+  if refused then return refused end
+  if applied < seq then todo[#todo + 1] = g end
 end
 for _, g in ipairs(todo) do
   for _, c in ipairs(g[2]) do redis.call(unpack(c)) end
@@ -67,6 +77,7 @@ for _, g in ipairs(todo) do
 end
 return {'ok', tostring(#todo)}
 """
+)
 
 
 def key_slot(key: str) -> int:
