@@ -22,7 +22,7 @@ from typing import Any
 
 from streams import names
 from streams.engine.ledger import State
-from streams.state.credit_store import MOVE_POSITIONS_LUA, CreditStore, moves_arg, refuse
+from streams.state.credit_store import MOVE_POSITIONS_LUA, CreditStore, commands_arg, moves_arg, refuse
 from streams.state.redis_cluster import APPLY_PREAMBLE_LUA, ClusterStore, marker_key, slot_key
 from streams.state.referral_store import StateLost, _state_lost_message
 
@@ -95,7 +95,7 @@ class ClusterCreditStore(CreditStore, ClusterStore):
     async def commit_credit(self, state: State, moves: Mapping[int, tuple[int, int]]) -> None:
         """Journal the batch while moving its positions (or nothing: PositionMoved), then land it on every node."""
         commands = self._state_commands(state, None)
-        payload = json.dumps(commands, ensure_ascii=False, separators=(",", ":")) if commands else ""
+        payload = commands_arg(commands) if commands else ""
         lane = await self.lane()
         keys = [names.KEY_EPOCH, names.KEY_CREDIT_POS, names.KEY_CREDIT_JOURNAL]
         args = [self.epoch, moves_arg(moves), lane, payload]

@@ -46,6 +46,11 @@ def moves_arg(moves: Mapping[int, tuple[int, int]]) -> str:
     return msgspec.json.encode([[str(p), str(a), str(b)] for p, (a, b) in sorted(moves.items())]).decode()
 
 
+def commands_arg(commands: list[list[str]]) -> str:
+    """A batch's commands as the scripts' JSON argument (msgspec, as the engine's own commit encodes them)."""
+    return msgspec.json.encode(commands).decode()
+
+
 class PositionMoved(RuntimeError):
     """Another credit worker applied this partition past where the batch was read: drop the batch, re-seek."""
 
@@ -83,7 +88,7 @@ class CreditStore(RedisStore):
             args=[
                 self.epoch,
                 moves_arg(moves),
-                msgspec.json.encode(commands).decode(),
+                commands_arg(commands),
             ],
         )
         refuse(str(verdict), str(found))
