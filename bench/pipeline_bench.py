@@ -843,6 +843,17 @@ async def phase_latency(
     }
 
 
+def redis_persistence(r: Any) -> dict[str, int]:
+    """Snapshots and AOF rewrites since the server started: each forks and writes the whole dataset, on Redis's CPU."""
+    out: dict[str, int] = {}
+    for section, fields in (("persistence", ("rdb_saves", "aof_rewrites")), ("stats", ("total_forks",))):
+        info = r.info(section)
+        # a cluster answers per node: {node: info}
+        nodes = [info] if fields[0] in info else [v for v in info.values() if isinstance(v, dict)]
+        out.update({f: sum(int(n.get(f, 0)) for n in nodes) for f in fields})
+    return out
+
+
 def redis_memory(redis_url: str, sample: int) -> dict[str, Any]:
     """MEMORY USAGE over up to `sample` keys per prefix; orders split into open (not settled) and settled."""
     from streams.state import redis_conn
@@ -851,7 +862,7 @@ def redis_memory(redis_url: str, sample: int) -> dict[str, Any]:
     mem = r.info("memory")
     # a cluster answers per node: {node: info}
     used = mem["used_memory"] if "used_memory" in mem else sum(v["used_memory"] for v in mem.values())
-    out: dict[str, Any] = {"used_memory": int(used)}
+    out: dict[str, Any] = {"used_memory": int(used), "persistence": redis_persistence(r)}
     for label, pattern in (("user", names.KEY_USER + "*"), ("order", names.KEY_ORDER + "*")):
         keys = []
         for k in r.scan_iter(match=pattern, count=1000):
