@@ -268,7 +268,11 @@ def redis_conf(cfg: StackConfig) -> str:
             f'dir "{cfg.redis_dir}"',
             "appendonly yes",
             "appendfsync everysec",
-            "save 3600 1 300 100 60 10000",
+            # The AOF is the durability; a snapshot an hour is a backup. Each snapshot or AOF rewrite forks and
+            # writes the whole dataset: at the defaults (save 60 10000, rewrite every 64 MB of growth) a backlog
+            # forked every 13 s and spent a sixth of Redis's CPU on it (docs/decisions.md, "Redis persistence").
+            "save 3600 1",
+            "auto-aof-rewrite-min-size 1gb",
         )
     )
 

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from streams import names
 from streams.ops import stack as stack_mod
@@ -116,6 +117,22 @@ def test_server_properties_single_node_kraft(tmp_path: Path) -> None:
 def test_redis_conf_is_local_and_append_only(tmp_path: Path) -> None:
     conf = stack_mod.redis_conf(StackConfig(var_dir=tmp_path, redis_port=36379)).splitlines()
     assert {"bind 127.0.0.1", "port 36379", "appendonly yes", f'dir "{tmp_path / "redis"}"'} <= set(conf)
+
+
+def test_compose_redis_persists_as_the_local_stack_does(tmp_path: Path) -> None:
+    """AOF every second, an hourly snapshot, rewrites past 1 GB: one persistence policy for both ways to run Redis."""
+    conf = stack_mod.redis_conf(StackConfig(var_dir=tmp_path)).splitlines()
+    persistence = {
+        line
+        for line in conf
+        if line.split(" ", 1)[0] in {"appendonly", "appendfsync", "save", "auto-aof-rewrite-min-size"}
+    }
+    assert persistence == {"appendonly yes", "appendfsync everysec", "save 3600 1", "auto-aof-rewrite-min-size 1gb"}
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    argv = compose["services"]["redis"]["command"]
+    assert argv[0] == "redis-server"
+    flags = {f"{k.removeprefix('--')} {v}" for k, v in zip(argv[1::2], argv[2::2], strict=True)}
+    assert flags == persistence
 
 
 def test_log4j_config_keeps_the_root_at_warn() -> None:
