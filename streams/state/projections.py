@@ -12,7 +12,6 @@ from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any
 
 from streams import names
 from streams.engine.ledger import ACCRUED, CLAWED_BACK, REVERSED, SETTLED, Binding, Entry, State
@@ -30,19 +29,34 @@ PERIODS = ("day", "month", "quarter", "all")
 METRICS = ("earnings", "gmv", "recruits")
 
 
-def entry_fields(e: Entry) -> dict[str, str | int]:
-    """A ledger entry as compact stream fields (same names in every entry, so listpacks share them)."""
-    return {
-        "s": e.source_event_id,
-        "t": e.ts_ms,
-        "o": e.order_id or "",
-        "b": e.buyer_id or "",
-        "u": e.beneficiary_id,
-        "l": e.level,
-        "k": e.kind,
-        "a": e.amount_cents,
-        "c": e.campaign_id or "",
-    }
+def stream_fields(e: Entry) -> list[str]:
+    """A ledger entry as XADD's field-value list: compact names, the same in every entry, so listpacks share them."""
+    return [
+        "s",
+        e.source_event_id,
+        "t",
+        str(e.ts_ms),
+        "o",
+        e.order_id or "",
+        "b",
+        e.buyer_id or "",
+        "u",
+        e.beneficiary_id,
+        "l",
+        str(e.level),
+        "k",
+        e.kind,
+        "a",
+        str(e.amount_cents),
+        "c",
+        e.campaign_id or "",
+    ]
+
+
+def entry_fields(e: Entry) -> dict[str, str]:
+    """A ledger entry as the stream's fields, as a reader gets them back."""
+    flat = stream_fields(e)
+    return dict(zip(flat[0::2], flat[1::2], strict=True))
 
 
 def entry_from_fields(f: Mapping[str, str]) -> Entry:
@@ -81,6 +95,15 @@ def _day_buckets(day: int) -> tuple[str, str, str]:
     """Day, month and quarter bucket names of a UTC day number: every entry of a day shares them."""
     d = datetime.fromtimestamp(day * 86_400, UTC)
     return d.strftime("%Y-%m-%d"), d.strftime("%Y-%m"), f"{d.year}-Q{(d.month - 1) // 3 + 1}"
+
+
+@lru_cache(maxsize=4096)
+def _board_keys(metric: str, day: int, campaign: str | None) -> tuple[str, ...]:
+    """Every leaderboard an entry of that UTC day counts on: one per period, and per period for its campaign."""
+    day_name, month, quarter = _day_buckets(day)
+    buckets = zip(PERIODS, (day_name, month, quarter, "all"), strict=True)
+    keys = [(board_key(metric, p, b), board_key(metric, p, b, campaign)) for p, b in buckets]
+    return tuple(k for pair in keys for k in (pair if campaign is not None else pair[:1]))
 
 
 def bucket(period: str, ts_ms: int) -> str:
@@ -133,7 +156,7 @@ class LedgerFeed:
         # XADD key MAXLEN ~ n * field value ..., as redis-py's xadd() spells it, with the fields built once.
         cap, all_cap = str(self.maxlen), str(self.all_maxlen)
         for e in entries:
-            fields = [x for k, v in entry_fields(e).items() for x in (k, str(v))]
+            fields = stream_fields(e)
             pipe.queue(["XADD", feed_key(e.beneficiary_id), "MAXLEN", "~", cap, "*", *fields])
             pipe.queue(["XADD", names.KEY_FEED_ALL, "MAXLEN", "~", all_cap, "*", *fields])
 
@@ -141,16 +164,13 @@ class LedgerFeed:
 class Leaderboards:
     """Sorted sets per metric, period bucket (by the entry's event ts, UTC) and optionally campaign."""
 
-    def stage(self, pipe: Any, state: State, entries: Sequence[Entry], bindings: Sequence[Binding]) -> None:
-        """Sum the batch first, then one ZINCRBY per key and member."""
+    def stage(self, pipe: StagedCommands, state: State, entries: Sequence[Entry], bindings: Sequence[Binding]) -> None:
+        """Sum the batch first, then one ZINCRBY per key and member (spelled as redis-py's zincrby() does)."""
         incr: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
 
         def add(metric: str, ts_ms: int, campaign: str | None, who: str, value: int) -> None:
-            for period in PERIODS:
-                b = bucket(period, ts_ms)
-                incr[board_key(metric, period, b)][who] += value
-                if campaign is not None:
-                    incr[board_key(metric, period, b, campaign)][who] += value
+            for key in _board_keys(metric, ts_ms // 86_400_000, campaign):
+                incr[key][who] += value
 
         for e in entries:
             if e.kind != SETTLED:
@@ -163,7 +183,7 @@ class Leaderboards:
         for key, members in incr.items():
             for who, value in members.items():
                 if value:
-                    pipe.zincrby(key, value, who)
+                    pipe.queue(["ZINCRBY", key, str(value), who])
             ttl = BOARD_TTL_S.get(key[len(names.KEY_BOARD) :].split(":", 2)[1])
             if ttl:
-                pipe.expire(key, ttl)
+                pipe.queue(["EXPIRE", key, str(ttl)])

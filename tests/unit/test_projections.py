@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from streams import names
 from streams.engine.ledger import (
     ACCRUED,
@@ -33,20 +31,16 @@ from streams.state.referral_store import StagedCommands
 T0 = 1_794_355_200_000  # 2026-11-11T00:00:00Z
 
 
-class FakePipe:
-    """Records (command, args, kwargs) like a redis pipeline in MULTI would queue them."""
+def queued(p: StagedCommands, command: str) -> list[list[str]]:
+    """The arguments of every queued `command` (ZINCRBY, EXPIRE, ...), in queue order."""
+    return [c[1:] for c in p.commands if c[0] == command]
 
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
 
-    def __getattr__(self, name: str) -> Any:
-        def record(*args: Any, **kwargs: Any) -> None:
-            self.calls.append((name, args, kwargs))
-
-        return record
-
-    def of(self, name: str) -> list[tuple[Any, ...]]:
-        return [a for n, a, _ in self.calls if n == name]
+def increments(p: StagedCommands) -> dict[tuple[str, str], int]:
+    """(leaderboard key, member) -> the ZINCRBY amount queued for it (each pair queued once per batch)."""
+    pairs = [((key, who), int(amount)) for key, amount, who in queued(p, "ZINCRBY")]
+    assert len(pairs) == len(dict(pairs)), "a key and member incremented twice in one batch"
+    return dict(pairs)
 
 
 def entry(
@@ -101,7 +95,7 @@ def test_buckets_are_utc_day_month_quarter() -> None:
 
 
 def test_leaderboards_net_earnings_gmv_for_level1_and_recruits() -> None:
-    p = FakePipe()
+    p = StagedCommands()
     entries = [
         entry("a", 1, ACCRUED, 1000),
         entry("b", 2, ACCRUED, 500),
@@ -110,7 +104,7 @@ def test_leaderboards_net_earnings_gmv_for_level1_and_recruits() -> None:
         entry("b", 2, CLAWED_BACK, -50),
     ]
     Leaderboards().stage(p, chain_state(), entries, [Binding("n", "a", T0 + 2, "click")])
-    incr = {(a[0], a[2]): a[1] for a in p.of("zincrby")}
+    incr = increments(p)
     day = "2026-11-11"
     assert incr[(board_key("earnings", "day", day), "a")] == 900
     assert incr[(board_key("earnings", "day", day), "b")] == 450
@@ -119,13 +113,13 @@ def test_leaderboards_net_earnings_gmv_for_level1_and_recruits() -> None:
     assert (board_key("gmv", "month", "2026-11"), "b") not in incr
     assert incr[(board_key("recruits", "all", "all"), "a")] == 1
     assert not any(k.startswith(names.KEY_BOARD + "recruits") and k.endswith("d11") for k, _ in incr)
-    expired = {a[0] for a in p.of("expire")}
+    expired = {a[0] for a in queued(p, "EXPIRE")}
     assert board_key("earnings", "day", day) in expired and board_key("earnings", "all", "all") not in expired
 
 
 def test_money_out_is_not_earnings_on_the_leaderboards() -> None:
     """A withdrawal or an adjustment moves available, not what the distributor earned (decisions.md, v2)."""
-    p = FakePipe()
+    p = StagedCommands()
 
     def money(kind: str, amount: int, n: int) -> Entry:
         return Entry(f"m{n}:0:{kind}", f"m{n}", T0 + 1000, None, None, "a", 0, kind, amount, None, withdrawal_id="w1")
@@ -139,5 +133,42 @@ def test_money_out_is_not_earnings_on_the_leaderboards() -> None:
         money(ADJUSTED, 5000, 5),
     ]
     Leaderboards().stage(p, chain_state(), entries, [])
-    incr = {(a[0], a[2]): a[1] for a in p.of("zincrby")}
+    incr = increments(p)
     assert incr[(board_key("earnings", "day", "2026-11-11"), "a")] == 1000
+
+
+def test_leaderboard_commands_are_spelled_as_redis_py_spells_them() -> None:
+    """The hot path queues argument lists by hand: they must be what redis-py's zincrby()/expire() would send."""
+    got = StagedCommands()
+    Leaderboards().stage(got, chain_state(), [entry("a", 1, ACCRUED, 1000), entry("b", 2, ACCRUED, 7)], [])
+    want = StagedCommands()
+    for key, amount, who in queued(got, "ZINCRBY"):
+        want.zincrby(key, int(amount), who)
+    for key, ttl in queued(got, "EXPIRE"):
+        want.expire(key, int(ttl))
+    assert sorted(got.commands) == sorted(want.commands)
+    assert len(got.commands) == len(want.commands) > 0
+
+
+def test_an_entry_counts_on_its_own_day_month_quarter_all_and_campaign_boards() -> None:
+    """Hand-written key names across a year end (UTC): 4 boards, 8 with a campaign, and nothing else."""
+    new_year = 1_798_761_600_000  # 2027-01-01T00:00:00Z
+    late = Entry("e-y:1:accrued", "e-y", new_year - 1, "y", "buyer", "a", 1, ACCRUED, 10, "d11")
+    early = Entry("e-z:1:accrued", "e-z", new_year, "z", "buyer", "b", 1, ACCRUED, 20, None)
+    p = StagedCommands()
+    Leaderboards().stage(p, State(), [late, early], [])
+    b = names.KEY_BOARD + "earnings:"
+    assert increments(p) == {
+        (b + "day:2026-12-31", "a"): 10,
+        (b + "day:2026-12-31:d11", "a"): 10,
+        (b + "month:2026-12", "a"): 10,
+        (b + "month:2026-12:d11", "a"): 10,
+        (b + "quarter:2026-Q4", "a"): 10,
+        (b + "quarter:2026-Q4:d11", "a"): 10,
+        (b + "all:all", "a"): 10,
+        (b + "all:all:d11", "a"): 10,
+        (b + "day:2027-01-01", "b"): 20,
+        (b + "month:2027-01", "b"): 20,
+        (b + "quarter:2027-Q1", "b"): 20,
+        (b + "all:all", "b"): 20,
+    }
