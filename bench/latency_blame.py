@@ -125,7 +125,8 @@ def main() -> None:
     args = ap.parse_args()
     console = Console()
     n = int(args.rate * max(args.seconds, 2 * max(args.grace)))
-    per_order = 20528 / BENCH_ORDERS  # order records per order in the bench's default sale
+    # order records per order, as pipeline_bench measures it on its default sale
+    per_order = n_orders(sale(BENCH_USERS, BENCH_ORDERS, 11, SALE_START)) / BENCH_ORDERS
     recs = sale(
         max(1, n * BENCH_USERS // BENCH_ORDERS), max(50, int(n / per_order)), args.seed, SALE_START + timedelta(days=2)
     )

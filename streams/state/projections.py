@@ -100,10 +100,12 @@ def _day_buckets(day: int) -> tuple[str, str, str]:
 @lru_cache(maxsize=4096)
 def _board_keys(metric: str, day: int, campaign: str | None) -> tuple[str, ...]:
     """Every leaderboard an entry of that UTC day counts on: one per period, and per period for its campaign."""
-    day_name, month, quarter = _day_buckets(day)
-    buckets = zip(PERIODS, (day_name, month, quarter, "all"), strict=True)
-    keys = [(board_key(metric, p, b), board_key(metric, p, b, campaign)) for p, b in buckets]
-    return tuple(k for pair in keys for k in (pair if campaign is not None else pair[:1]))
+    keys: list[str] = []
+    for period, name in zip(PERIODS, (*_day_buckets(day), "all"), strict=True):
+        keys.append(board_key(metric, period, name))
+        if campaign is not None:
+            keys.append(board_key(metric, period, name, campaign))
+    return tuple(keys)
 
 
 def bucket(period: str, ts_ms: int) -> str:
