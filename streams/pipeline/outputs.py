@@ -20,6 +20,7 @@ import murmurhash2
 from aiokafka import AIOKafkaProducer, codec
 
 OutputRecord = tuple[str, bytes | None, dict[str, object]]
+PlacedRecord = tuple[str, int, bytes]  # topic, partition index, encoded value
 _JSON = msgspec.json.Encoder()
 # Java's DefaultPartitioner: murmur2 with this seed, sign bit cleared, modulo the partition count.
 MURMUR2_SEED = 0x9747B28C
@@ -99,26 +100,26 @@ class KafkaOutputs:
             return parts[self._rr % len(parts)]
         return parts[java_partition(key, len(parts))]
 
-    async def send_records(
-        self, records: Sequence[OutputRecord], everywhere: Sequence[tuple[str, dict[str, object]]] = ()
-    ) -> None:
+    async def partition_count(self, topic: str) -> int:
+        """How many partitions topic has (from the producer's metadata, cached)."""
+        return len(await self._partitions(topic))
+
+    async def send_records(self, records: Sequence[OutputRecord], placed: Sequence[PlacedRecord] = ()) -> None:
         """Group by partition, append to batches, send them, wait for every ack.
 
-        Each of `everywhere` (topic, value) goes to every partition of its topic, after that partition's records
-        of this call (the staged topology's watermarks).
+        Each of `placed` (topic, partition index, encoded value, no key) goes to that partition after its records of
+        this call (the staged topology's packed order steps).
         """
-        if not records and not everywhere:
+        if not records and not placed:
             return
         groups: dict[tuple[str, int], list[tuple[bytes | None, bytes]]] = {}
-        topics = {r[0] for r in records} | {t for t, _ in everywhere}
+        topics = {r[0] for r in records} | {t for t, _, _ in placed}
         parts_of = {topic: await self._partitions(topic) for topic in topics}
         encode, partition = _JSON.encode, self._partition
         for topic, key, record in records:
             groups.setdefault((topic, partition(parts_of[topic], key)), []).append((key, encode(record)))
-        for topic, mark in everywhere:
-            raw = encode(mark)
-            for p in parts_of[topic]:
-                groups.setdefault((topic, p), []).append((None, raw))
+        for topic, index, raw in placed:
+            groups.setdefault((topic, parts_of[topic][index]), []).append((None, raw))
         futs: list[Any] = []
         producer = self.producer
         for (topic, p), items in groups.items():

@@ -31,7 +31,8 @@ from streams.engine.alignment import INF_KEY, Aligner
 from streams.engine.config import Program
 from streams.engine.ledger import Binding, Entry, Ledger, LimitedClick, State, seq_key
 from streams.pipeline.consume import DeadLetter, Held, InputReader, classify
-from streams.pipeline.steps import step_record, watermark_value
+from streams.pipeline.outputs import PlacedRecord
+from streams.pipeline.steps import StepValue, pack, step_of
 from streams.state.referral_store import CachedState, RedisStore, StagedCommands, withdrawal_view
 
 log = logging.getLogger(__name__)
@@ -54,9 +55,9 @@ __all__ = ["DeadLetter", "Held", "Outputs", "Sequencer", "Stats", "output_record
 class Outputs(Protocol):
     """Where a batch's records go; returns once the broker has acknowledged all of them."""
 
-    def send_records(
-        self, records: Sequence[OutputRecord], everywhere: Sequence[tuple[str, dict[str, object]]] = ()
-    ) -> Awaitable[None]: ...
+    def send_records(self, records: Sequence[OutputRecord], placed: Sequence[PlacedRecord] = ()) -> Awaitable[None]: ...
+
+    def partition_count(self, topic: str) -> Awaitable[int]: ...
 
 
 def output_records(
@@ -132,6 +133,7 @@ class Sequencer:
         self._last_offset_commit = float("-inf")
         self._lock = asyncio.Lock()
         self._ip_window = -1
+        self._tps: dict[tuple[str, int], TopicPartition] = {}  # one TopicPartition per partition, not per event
 
     def use_broker(self, end_offsets: Callable[[list[Hashable]], Awaitable[Mapping[Hashable, int]]]) -> None:
         """Ask the broker (end_offsets) before treating a quiet partition as idle, not the consumer's highwater."""
@@ -301,12 +303,12 @@ class Sequencer:
         invalid = len(dead)
         limited: list[LimitedClick] = []
         states: list[OutputRecord] = []
-        steps: list[OutputRecord] = []
+        steps: list[tuple[str, StepValue]] = []
         for key, h in batch:
             if self.staged and isinstance(h.event, Order):
                 res, terms, forward = ledger.attribute_order(h.event)
                 if forward:
-                    steps.append(step_record(h, terms))
+                    steps.append((h.event.order_id, step_of(h, terms)))
             else:
                 if self.staged and isinstance(h.event, Withdrawal):
                     raise StagedUnsupported(
@@ -338,7 +340,7 @@ class Sequencer:
                     )
                 )
         entries.extend(ledger.settle_due(settle_until))
-        everywhere: list[tuple[str, dict[str, object]]] = []
+        mark_now: int | None = None
         # The credit stage settles up to the watermark: what the wall clock passed, and what the global settlement
         # at each applied event's ts settled here on one worker (every later event is at or after the last one).
         if batch:
@@ -346,13 +348,17 @@ class Sequencer:
         mark = max(settle_until, self._applied_ts)
         if self.staged and mark > self._last_wm and now - self._last_wm_at >= WATERMARK_EVERY_S:
             self._last_wm, self._last_wm_at = mark, now
-            everywhere.append((names.ORDER_STEPS, watermark_value(mark)))
-        if not batch and not entries and not dead and not everywhere:
+            mark_now = mark
+        if not batch and not entries and not dead and mark_now is None:
             return False
         book = self.reader.book if self.reader is not None else None
         if book is not None:
+            tps = self._tps
             for _, h in batch:
-                book.released(_tp(h.topic, h.partition), h.offset)
+                tp = tps.get((h.topic, h.partition))
+                if tp is None:
+                    tp = tps[(h.topic, h.partition)] = _tp(h.topic, h.partition)
+                book.released(tp, h.offset)
         self._formed += 1
         staged = self.store.stage(state, batch[-1][0] if batch else None)
         state.limited_ids.clear()
@@ -360,10 +366,9 @@ class Sequencer:
             self._forget_old_ip_windows(batch[-1][0][0])
         records = output_records(entries, bindings, dead, limited)
         records.extend(states)
-        records.extend(steps)
         offsets = book.committable() if book is not None else {}
         await self._wait_flush()
-        self._flush = asyncio.create_task(self._write(self._formed, records, staged, offsets, everywhere))
+        self._flush = asyncio.create_task(self._write(self._formed, records, staged, offsets, steps, mark_now))
         self.stats.applied += len(batch)
         self.stats.batches += 1
         self.stats.entries += len(entries)
@@ -390,11 +395,16 @@ class Sequencer:
         records: list[OutputRecord],
         staged: StagedCommands,
         offsets: dict[Any, int],
-        everywhere: Sequence[tuple[str, dict[str, object]]] = (),
+        steps: Sequence[tuple[str, StepValue]] = (),
+        mark: int | None = None,
     ) -> None:
         """Outputs first (acked), then Redis; only then are the batch's offsets committable."""
         self._maybe_crash("before_produce", n)
-        await self.outputs.send_records(records, everywhere)
+        placed: list[PlacedRecord] = []
+        if steps or mark is not None:
+            parts = await self.outputs.partition_count(names.ORDER_STEPS)
+            placed = [(names.ORDER_STEPS, p, raw) for p, raw in pack(steps, mark, parts)]
+        await self.outputs.send_records(records, placed)
         self._maybe_crash("after_produce", n)
         await self.store.write(staged)
         self._maybe_crash("after_commit", n)

@@ -19,13 +19,13 @@ import pytest
 from schemas.events import Invalid, Order, Withdrawal, decode
 from streams import names
 from streams.engine import config, outcome, reference
-from streams.engine.ledger import INVALID_EVENT, Ledger, State, seq_key
+from streams.engine.ledger import INVALID_EVENT, Ledger, State, Terms, seq_key
 from streams.ops import flashsale
 from streams.ops.demo import program_toml
 from streams.pipeline.consume import Held
 from streams.pipeline.credit import apply_batch
 from streams.pipeline.outputs import java_partition
-from streams.pipeline.steps import StepValue, decode_step, step_record, watermark_value
+from streams.pipeline.steps import PACK_BYTES, PACK_STEPS, StepValue, decode_steps, pack, step_of, terms_of
 from streams.state.referral_store import decode_order, encode_order
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -51,11 +51,13 @@ def attribute(records: list[dict[str, Any]], program: config.Program, now_ms: in
     entries: list[dict[str, Any]] = []
     bindings: list[dict[str, Any]] = []
     steps: dict[int, list[bytes]] = {p: [] for p in range(parts)}
+    pending: list[tuple[str, StepValue]] = []
 
     def mark(until: int) -> None:
-        raw = json.dumps(watermark_value(until)).encode()
-        for p in steps:
+        """A batch ends: its steps packed per partition, each closed by the watermark (as the sequencer does)."""
+        for p, raw in pack(pending, until, parts):
             steps[p].append(raw)
+        pending.clear()
 
     for n, (key, i, topic, ev) in enumerate(decoded):
         if n and n % wm_every == 0:
@@ -65,10 +67,7 @@ def attribute(records: list[dict[str, Any]], program: config.Program, now_ms: in
         if isinstance(ev, Order):
             res, terms, forward = ledger.attribute_order(ev)
             if forward:
-                held = Held(ev, topic, 0, i, None, _raw(records[i]["value"]))
-                _, k, value = step_record(held, terms)
-                assert k is not None
-                steps[java_partition(k, parts)].append(json.dumps(value).encode())
+                pending.append((ev.order_id, step_of(Held(ev, topic, 0, i, None, _raw(records[i]["value"])), terms)))
         else:
             res = ledger.step(ev, key)
         entries.extend(e.as_record() for e in res.entries)
@@ -124,15 +123,15 @@ def credit(
         chosen = rng.sample(todo, rng.randint(1, len(todo)))
         batch: dict[int, list[tuple[StepValue, Order | None]]] = {}
         for p in chosen:
-            n = rng.randint(1, 7)
+            n = rng.randint(1, 3)
             recs = []
             for raw in steps[p][pos[p] : pos[p] + n]:
-                v = decode_step(raw)
-                ev = None if v.w is not None else decode(v.t, v.r.encode())
-                assert ev is None or isinstance(ev, Order)
-                recs.append((v, ev))
+                for v in decode_steps(raw):
+                    ev = None if v.w is not None else decode(v.t, v.r)
+                    assert ev is None or isinstance(ev, Order)
+                    recs.append((v, ev))
             batch[p] = recs
-            pos[p] += len(recs)
+            pos[p] += len(steps[p][pos[p] : pos[p] + n])
         orders = {ev.order_id for recs in batch.values() for _, ev in recs if ev is not None}
         events = [ev.event_id for recs in batch.values() for _, ev in recs if ev is not None]
         until = max((v.w for recs in batch.values() for v, _ in recs if v.w is not None), default=-1)
@@ -198,3 +197,66 @@ def test_a_generated_sale_equals_the_reference(seed: int) -> None:
     want = outcome.summarize(ref.entries, ref.bindings, ref.dead_letters)
     assert want["totals"]["accrued"] > 0 and want["totals"]["settled"] > 0 and want["totals"]["reversed"] < 0
     assert staged_outcome(records, program, 6, seed) == want
+
+
+def _order_held(order_id: str, offset: int, raw_size: int = 0) -> Held:
+    value = {"event_id": f"e-{order_id}-{offset}", "ts": "2026-11-11T00:00:00.000Z", "order_id": order_id}
+    value |= {"type": "paid", "buyer_id": "b", "amount_cents": 100, "pad": "x" * raw_size}
+    raw = json.dumps(value).encode()
+    ev = decode(names.ORDERS, raw)
+    assert isinstance(ev, Order)
+    return Held(ev, names.ORDERS, 2, offset, b"b\xff", raw)
+
+
+def test_packed_records_keep_each_partitions_steps_in_order_and_end_with_the_watermark() -> None:
+    """Every step lands on its order's partition, in batch order, then each partition's watermark, once."""
+    parts = 5
+    oids = [f"o{n % 37}" for n in range(300)]
+    steps = [(oid, step_of(_order_held(oid, n), None)) for n, oid in enumerate(oids)]
+    got: dict[int, list[StepValue]] = {p: [] for p in range(parts)}
+    for p, raw in pack(steps, 1234, parts):
+        got[p].extend(decode_steps(raw))
+    for p in range(parts):
+        want = [o for oid, o in steps if java_partition(oid.encode(), parts) == p]
+        assert got[p][:-1] == want
+        assert got[p][-1] == StepValue(w=1234)
+    assert pack([], None, parts) == []
+    assert [p for p, _ in pack([], 7, 3)] == [0, 1, 2]
+
+
+def test_a_large_batch_is_split_into_records_under_the_size_limits() -> None:
+    """No record holds more than PACK_STEPS steps or much more than PACK_BYTES of raw input; nothing is lost."""
+    many = [("same", step_of(_order_held("same", n), None)) for n in range(PACK_STEPS * 2 + 3)]
+    sizes = [len(decode_steps(raw)) for _, raw in pack(many, None, 1)]
+    assert sizes == [PACK_STEPS, PACK_STEPS, 3]
+    big = [("same", step_of(_order_held("same", n, raw_size=100_000), None)) for n in range(7)]
+    records = pack(big, None, 1)
+    assert len(records) > 1 and all(len(raw) < PACK_BYTES + 110_000 for _, raw in records)
+    assert [v.o for _, raw in records for v in decode_steps(raw)] == list(range(7))
+
+
+def test_a_step_keeps_its_record_and_terms_exactly() -> None:
+    """Key and raw bytes that are not UTF-8 text, and itemized terms, come back as they went."""
+    h = _order_held("o1", 9)
+    h = Held(h.event, h.topic, h.partition, h.offset, b"\x00\xfe", h.raw + b" \xff")
+    terms = Terms(["a", None, "c"], [1000, 0, 200], 3000, [[1, 2], [3, 4], [5, 6]])
+    ((_, raw),) = pack([("o1", step_of(h, terms))], None, 1)
+    (v,) = decode_steps(raw)
+    assert (v.t, v.p, v.o, v.k, v.r) == (names.ORDERS, 2, 9, b"\x00\xfe", h.raw)
+    assert terms_of(v) == terms
+
+
+def test_a_step_written_before_packing_is_still_read() -> None:
+    """A one-step JSON record (the format before packed records) left in the topic by an older attribution stage."""
+    old = {
+        "t": "fenxiao.orders",
+        "p": 1,
+        "o": 42,
+        "k": "b\u00ff",
+        "r": '{"a":1}',
+        "x": {"b": ["u1", None], "r": [1000, 0], "m": 3000},
+    }
+    (v,) = decode_steps(json.dumps(old).encode())
+    assert (v.t, v.p, v.o, v.k, v.r, v.w) == ("fenxiao.orders", 1, 42, b"b\xff", b'{"a":1}', None)
+    assert terms_of(v) == Terms(["u1", None], [1000, 0], 3000, None)
+    assert decode_steps(b'{"w": 77}') == [StepValue(w=77)]
