@@ -510,6 +510,7 @@ class SinkProcess:
         }
         self.log = ctx.tmp / f"sink-{label}.log"
         self.ctx, self.component, self.cfg, self.env = ctx, component, cfg, env
+        self.status_port = port + 1000  # the sink's own /status: FENXIAO_SINK_PORT's default, web port + 1000
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> bool:
@@ -526,6 +527,28 @@ class SinkProcess:
             self.ctx.note(f"`fenxiao sink --config F` exited with {self.proc.returncode}: {tail!r}")
             return False
         return True
+
+    def lag(self) -> int | None:
+        """Records the sink and its projector have still to read (its /status `lag`), None if it does not say."""
+        from tests.integration import scenario
+
+        try:
+            got = scenario.http_json(self.status_port, "/status", timeout=5.0).get("lag")
+        except Exception:
+            return None
+        return None if got is None else int(got)
+
+    async def caught_up(self, timeout_s: float = 600.0) -> float | None:
+        """Wait until the sink has read everything (lag 0 twice in a row); the time.time() it did, None if never."""
+        deadline = time.monotonic() + timeout_s
+        zeros = 0
+        while time.monotonic() < deadline:
+            lag = await asyncio.to_thread(self.lag)
+            zeros = zeros + 1 if lag == 0 else 0
+            if zeros >= 2:
+                return time.time()
+            await asyncio.sleep(0.2)
+        return None
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -773,8 +796,19 @@ def stop_profiler(spy: subprocess.Popen[bytes]) -> None:
 
 
 async def phase_pipeline(
-    ctx: Ctx, worker: Worker, tail: Tail, records: list[dict[str, Any]], want: set[str], profile: Path | None
+    ctx: Ctx,
+    worker: Worker,
+    tail: Tail,
+    records: list[dict[str, Any]],
+    want: set[str],
+    profile: Path | None,
+    sink: SinkProcess | None = None,
 ) -> dict[str, Any]:
+    """One worker at full speed: produce to the last ledger entry read back, then until the sink has caught up.
+
+    The sink runs at a lower CPU priority (FENXIAO_SINK_NICE), so on a saturated machine it falls behind the ledger;
+    its catch-up time and the CPU of the whole run up to it are reported beside the end-to-end figures.
+    """
     spy = start_profiler(ctx, worker.pid, profile) if profile is not None else None
     start_at = len(tail.got)
     before = ctx.usage()
@@ -787,7 +821,11 @@ async def phase_pipeline(
         stop_profiler(spy)
     secs = end - prod.first_order
     orders = n_orders(records)
+    sink_done = await sink.caught_up() if sink is not None else None
+    with_sink = cpu_by_component(before, ctx.usage(), orders, "pipeline") if sink_done is not None else None
     return {
+        "sink_caught_up_s_after_last_entry": None if sink_done is None else max(0.0, sink_done - end),
+        "cpu_ms_per_1k_order_records_until_sink_caught_up": with_sink,
         "order_records": orders,
         "records": len(records),
         "entries": len(want),
@@ -1630,7 +1668,7 @@ async def phase_one_worker(
     late_before: int | None = 0
     try:
         prof_path = ctx.tmp / "profile.txt" if not args.no_profile else None
-        res["pipeline"] = await phase_pipeline(ctx, w, tail, recs, exp.ids, prof_path)
+        res["pipeline"] = await phase_pipeline(ctx, w, tail, recs, exp.ids, prof_path, sink)
         console.print(res["pipeline"])
         if prof_path is not None and prof_path.exists():
             res["profile"] = summarize_file(prof_path)

@@ -67,6 +67,7 @@ ENV_BATCH_SIZE = "FENXIAO_BATCH_SIZE"
 ENV_CRASH_AT = "FENXIAO_CRASH_AT"
 ENV_SINK_FAULT = "FENXIAO_SINK_FAULT"
 ENV_SINK_PORT = "FENXIAO_SINK_PORT"  # the sink process's HTTP port (reports, /status); default web port + 1000
+ENV_SINK_NICE = "FENXIAO_SINK_NICE"  # the sink process's CPU niceness (0-19): commissions first on a busy machine
 ENV_SINK_PARENT = "FENXIAO_SINK_PARENT"  # set by a worker on the sink it spawns: that worker's pid
 ENV_ADVERTISED_URL = "FENXIAO_ADVERTISED_URL"  # where other workers reach this one's API (default http://host:port)
 ENV_TOPOLOGY = "FENXIAO_TOPOLOGY"  # single (default: one active worker, standbys) or staged (active workers share)

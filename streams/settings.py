@@ -61,6 +61,13 @@ class Settings(BaseSettings):
     sink_port_setting: int | None = Field(
         default=None, ge=1, le=65535, validation_alias=AliasChoices(names.ENV_SINK_PORT)
     )
+    sink_nice: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        validation_alias=AliasChoices(names.ENV_SINK_NICE),
+        description="niceness of the sink process: when the machine is busy, the worker's commissions go first",
+    )
     share_base_url: str = Field(
         default="https://shop.example/s", validation_alias=AliasChoices(names.ENV_SHARE_BASE_URL)
     )

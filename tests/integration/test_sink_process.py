@@ -125,6 +125,10 @@ def test_a_sigkilled_worker_leaves_no_sink_and_its_successor_takes_over(pipe: En
         status = _wait_sink(sink_port, w)
         child = int(str(status["owner"]).rsplit(":", 1)[1])
         assert w.proc is not None
+        want, nices = max(10, _nices(w.proc.pid)[0]), _nices(child)
+        # The sink yields the CPU (FENXIAO_SINK_NICE, default 10): its main thread and the threads it starts. chDB
+        # sets a few housekeeping threads of its own (its memory worker runs at -20), so not every last one.
+        assert nices[0] == want and sum(n != want for n in nices) <= 3 < len(nices), nices
         os.kill(w.proc.pid, signal.SIGKILL)
         w.proc.wait(10)
         deadline = time.monotonic() + 20
@@ -143,6 +147,12 @@ def test_a_sigkilled_worker_leaves_no_sink_and_its_successor_takes_over(pipe: En
         assert written.get("ledger_entries", 0) > 0, w2.log_tail()
     finally:
         w2.stop()
+
+
+def _nices(pid: int) -> list[int]:
+    """The niceness of each thread of a process, main thread first, as the kernel has it (/proc/PID/task/*/stat)."""
+    tasks = sorted(Path(f"/proc/{pid}/task").iterdir(), key=lambda t: (t.name != str(pid), int(t.name)))
+    return [int((t / "stat").read_text().rsplit(")", 1)[1].split()[16]) for t in tasks]
 
 
 def _wait_sink(port: int, proc: scenario.WorkerProcess, timeout: float = 60.0) -> dict[str, Any]:
