@@ -214,7 +214,7 @@ class Sequencer:
         for rec in records:
             tp = tps.get((rec.topic, rec.partition))
             if tp is None:
-                tp = tps[(rec.topic, rec.partition)] = _tp(rec.topic, rec.partition)
+                tp = tps[(rec.topic, rec.partition)] = self._tp_of(rec.topic, rec.partition)
                 aligner.assign(tp, names.TOPIC_RANK[rec.topic])
             item = classify(rec)
             if isinstance(item, DeadLetter):
@@ -353,12 +353,8 @@ class Sequencer:
             return False
         book = self.reader.book if self.reader is not None else None
         if book is not None:
-            tps = self._tps
             for _, h in batch:
-                tp = tps.get((h.topic, h.partition))
-                if tp is None:
-                    tp = tps[(h.topic, h.partition)] = _tp(h.topic, h.partition)
-                book.released(tp, h.offset)
+                book.released(self._tp_of(h.topic, h.partition), h.offset)
         self._formed += 1
         staged = self.store.stage(state, batch[-1][0] if batch else None)
         state.limited_ids.clear()
@@ -377,6 +373,13 @@ class Sequencer:
         self.stats.limited_clicks += len(limited)
         self.stats.last_batch_ms = (time.perf_counter() - t0) * 1000
         return len(batch) == self.batch_size
+
+    def _tp_of(self, topic: str, partition: int) -> TopicPartition:
+        """The partition's one TopicPartition (a NamedTuple built in Python: not one per event)."""
+        tp = self._tps.get((topic, partition))
+        if tp is None:
+            tp = self._tps[(topic, partition)] = _tp(topic, partition)
+        return tp
 
     def _forget_old_ip_windows(self, ts_ms: int) -> None:
         """Per-ip click counts of windows the sequence has left behind are never read again: drop them."""
