@@ -32,6 +32,7 @@ from typing import Any, Protocol, Self
 from urllib.parse import unquote, urlsplit
 
 import pyarrow as pa  # type: ignore[import-untyped]  # no stubs; used only inside this module
+import pyarrow.compute as pc  # type: ignore[import-untyped]
 
 from streams import names
 
@@ -192,6 +193,19 @@ def arrow_column(values: Sequence[object], typ: pa.DataType | None) -> pa.Array:
         except (pa.ArrowInvalid, pa.ArrowTypeError):
             return pa.array([_parse_time(v) for v in values], typ)
     return pa.array(values, typ)
+
+
+def ms_at_most(stamps: Sequence[object], bound_ms: int) -> list[bool] | None:
+    """Per ts whether its epoch ms (floored) is <= bound_ms, parsed in C; None unless all are RFC 3339 with offsets."""
+    try:
+        micros = pa.array(stamps, pa.string()).cast(pa.timestamp("us", tz="UTC"))
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return None
+    if micros.null_count:
+        return None
+    # Whole milliseconds floor the microseconds: ms <= bound exactly when us < (bound + 1) * 1000.
+    older: list[bool] = pc.less(micros.cast(pa.int64()), (bound_ms + 1) * 1000).to_pylist()
+    return older
 
 
 @dataclass

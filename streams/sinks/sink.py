@@ -39,10 +39,11 @@ from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Seq
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from itertools import compress
 from operator import itemgetter
 from typing import Any, NamedTuple, cast
 
-from streams.sinks.clickhouse import ClickHouse, ClickHouseError
+from streams.sinks.clickhouse import ClickHouse, ClickHouseError, ms_at_most
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ def _cents(value: object, what: str) -> object:
 
 
 def _ledger_values(r: Row) -> Values:
-    """A ledger entry (fenxiao.commissions record) as ledger_entries values; v2 nulls and absent fields become ''."""
+    """A ledger entry as ledger_entries values; v2 nulls become '', a v1 record's values stop before the v2 columns."""
     kind, level = r["kind"], r["level"]
     if kind in _KIND_SET:
         if type(level) is not int or not 1 <= level <= 3:
@@ -92,7 +93,7 @@ def _ledger_values(r: Row) -> Values:
             raise ValueError(f"ledger entry {r.get('entry_id')!r}: a {kind} entry needs its {what}")
     else:
         raise ValueError(f"ledger entry {r.get('entry_id')!r}: unknown kind {kind!r}")
-    return (
+    head = (
         r["entry_id"],
         r["source_event_id"],
         r["ts"],
@@ -101,8 +102,15 @@ def _ledger_values(r: Row) -> Values:
         r["beneficiary_id"],
         level,
         kind,
-        _cents(r["amount_cents"], "amount_cents"),
+        amount if type(amount := r["amount_cents"]) is int else _cents(amount, "amount_cents"),
         r["campaign_id"] or "",
+    )
+    if len(r) == len(head):
+        # The ten fields read above are all a v1 record has (the engine writes the v2 ones only when set):
+        # the five v2 columns stay out of the values and the table fills their DEFAULTs ('' and NULL).
+        return head
+    return (
+        *head,
         r.get("withdrawal_id") or "",
         r.get("adjustment_id") or "",
         r.get("reason") or "",
@@ -235,6 +243,18 @@ class _Table:
     stored_key: str  # select list whose rows, passed to `from_stored`, equal `key` of the stored values
     from_stored: Callable[[tuple[Any, ...]], Hashable]
     composite: bool = False  # key is a tuple whose first element is the lookup value (else the key is that value)
+    # The values of the trailing columns a values tuple may leave out: the table's DEFAULTs for them.
+    defaults: tuple[object, ...] = ()
+
+    def shaped(self, rows: list[Values]) -> tuple[tuple[str, ...], list[Values]]:
+        """Columns and rows for one INSERT: without the trailing columns no row has, else every row padded to all."""
+        if not self.defaults:
+            return self.columns, rows
+        short = len(self.columns) - len(self.defaults)
+        if max(map(len, rows)) == short:
+            return self.columns[:short], rows
+        full = len(self.columns)
+        return self.columns, [v if len(v) == full else v + self.defaults[len(v) - short :] for v in rows]
 
     def existing(self, ch: ClickHouse, keys: Sequence[Hashable]) -> set[Hashable]:
         """The keys among `keys` the table holds already: one query per parameter-sized group of keys."""
@@ -259,7 +279,11 @@ def _maybe_stored(ch: ClickHouse, spec: _Table, chunk: list[tuple[Hashable, Valu
         return []
     # A stored copy of a row has the row's ts at millisecond precision: one more ms covers any rounding.
     bound = int(newest[0]) + 1
-    return [item for item in chunk if _epoch_ms(item[1][at]) <= bound]
+    stamps = list(map(itemgetter(at), map(itemgetter(1), chunk)))
+    older = ms_at_most(stamps, bound)
+    if older is None:
+        return [item for item in chunk if _epoch_ms(item[1][at]) <= bound]
+    return list(compress(chunk, older))
 
 
 def _within(keys: list[Any], limit: int | None) -> Iterator[list[Any]]:
@@ -317,6 +341,7 @@ TABLES: dict[str, _Table] = {
         "entry_id",
         "DISTINCT entry_id",
         _first,
+        defaults=("", "", "", None, None),
     ),
     BINDINGS: _Table(
         BINDINGS,
@@ -525,9 +550,9 @@ class ClickHouseSink:
             try:
                 candidates = _maybe_stored(self._ch, spec, chunk)
                 stored = spec.existing(self._ch, [key for key, _ in candidates]) if candidates else set()
-                rows = [values for key, values in chunk if key not in stored]
+                rows = [values for key, values in chunk if key not in stored] if stored else [v for _, v in chunk]
                 if rows:
-                    self._ch.insert(spec.name, spec.columns, rows)
+                    self._ch.insert(spec.name, *spec.shaped(rows))
                 return len(rows)
             except self.retry_on as exc:
                 if attempt >= self.max_attempts:

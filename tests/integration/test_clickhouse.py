@@ -341,9 +341,8 @@ def test_a_duplicate_behind_the_sinks_back_leaves_raw_reports_right_and_rebuild_
     data = dataset(seed=8)
     write_in_batches(chdb, data, size=500)
     expected = expected_reports(data)
-    columns = S.TABLES[S.LEDGER].columns
-    duplicate = [tuple(S.TABLES[S.LEDGER].values(row)) for row in data[S.LEDGER][:40]]
-    chdb.insert(S.LEDGER, columns, duplicate)
+    spec = S.TABLES[S.LEDGER]
+    chdb.insert(S.LEDGER, *spec.shaped([spec.values(row) for row in data[S.LEDGER][:40]]))
     assert S.ledger_totals(chdb) == expected["totals"]
     assert S.balances(chdb) == expected["balances"]
     assert S.entry_sums(chdb) == expected["entries"]
@@ -474,6 +473,64 @@ def test_times_keep_their_instant_whatever_the_offset(ch: ClickHouse) -> None:
     sink.flush()
     rows = ch.query("SELECT DISTINCT toUnixTimestamp64Milli(ts) FROM clicks")
     assert rows == [(int(datetime(2026, 11, 11, 0, 0, 0, 123000, tzinfo=UTC).timestamp() * 1000),)]
+
+
+def test_v1_and_v2_entries_are_stored_with_their_instants_nulls_and_signed_cents(ch: ClickHouse) -> None:
+    def entry(entry_id: str, ts: str, kind: str, level: int, cents: int, **more: object) -> dict[str, object]:
+        base: dict[str, object] = {"entry_id": entry_id, "source_event_id": f"ev-{entry_id}", "ts": ts}
+        base |= {"order_id": "o1", "buyer_id": "b1", "beneficiary_id": "u1", "level": level, "kind": kind}
+        return base | {"amount_cents": cents, "campaign_id": None} | more
+
+    sink = S.ClickHouseSink(ch, chunk_rows=3)
+    # First chunk: v1 records only (the v2 columns are left to their DEFAULTs); the second mixes in money out.
+    sink.add_many(
+        S.LEDGER,
+        [
+            entry("a", "2026-11-11T00:00:00.001Z", "accrued", 1, 1250, campaign_id="d11"),
+            entry("b", "2026-11-11T08:00:00.002+08:00", "reversed", 2, -1250),
+            entry("c", "2026-11-11T00:00:00.003999Z", "clawed_back", 3, -7),
+            entry(
+                "d",
+                "2026-11-12T00:00:00.000Z",
+                "withdrawn",
+                0,
+                -10_000,
+                order_id=None,
+                buyer_id=None,
+                withdrawal_id="w1",
+                fee_cents=0,
+                payout_cents=10_000,
+            ),
+            entry(
+                "e",
+                "2026-11-12T00:00:01.000Z",
+                "adjusted",
+                0,
+                -300,
+                order_id=None,
+                buyer_id=None,
+                adjustment_id="adj1",
+                reason="chargeback",
+            ),
+            entry("f", "1969-12-31T23:59:59.999Z", "settled", 1, 1),
+        ],
+    )
+    assert sink.flush() == {S.LEDGER: 6}
+    rows = ch.query(
+        "SELECT entry_id, toUnixTimestamp64Milli(ts), order_id, buyer_id, level, kind, amount_cents, campaign_id,"
+        " withdrawal_id, adjustment_id, reason, fee_cents, payout_cents FROM ledger_entries ORDER BY entry_id"
+    )
+    day = 1_794_355_200_000  # 2026-11-11T00:00:00.000Z
+    assert [tuple(int(v) if k == 1 else v for k, v in enumerate(row)) for row in rows] == [
+        ("a", day + 1, "o1", "b1", 1, "accrued", 1250, "d11", "", "", "", None, None),
+        ("b", day + 2, "o1", "b1", 2, "reversed", -1250, "", "", "", "", None, None),
+        ("c", day + 3, "o1", "b1", 3, "clawed_back", -7, "", "", "", "", None, None),
+        ("d", day + 86_400_000, "", "", 0, "withdrawn", -10_000, "", "w1", "", "", 0, 10_000),
+        ("e", day + 86_401_000, "", "", 0, "adjusted", -300, "", "", "adj1", "chargeback", None, None),
+        ("f", -1, "o1", "b1", 1, "settled", 1, "", "", "", "", None, None),
+    ]
+    sink.add_many(S.LEDGER, [entry("a", "2026-11-11T00:00:00.001Z", "accrued", 1, 1250, campaign_id="d11")])
+    assert sink.flush() == {S.LEDGER: 0}
 
 
 # --- the chDB directory lock ---------------------------------------------------------------------------------------

@@ -10,12 +10,12 @@ import json
 import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 
-from streams.sinks.clickhouse import ClickHouseError, param_text, parse_server_url, split_statements
+from streams.sinks.clickhouse import ClickHouseError, ms_at_most, param_text, parse_server_url, split_statements
 from streams.sinks.sink import BINDINGS, CLICKS, LEDGER, ORDERS, TABLES, ClickHouseSink, SinkWriteError
 
 
@@ -79,9 +79,14 @@ class FakeClickHouse:
         return list({(values[0],) for values in found})
 
     def insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
-        assert tuple(columns) == TABLES[table].columns
+        # The sink may leave out trailing columns no row has; the table would fill their DEFAULTs.
+        spec = TABLES[table]
+        assert tuple(columns) == spec.columns[: len(columns)]
+        assert len(spec.columns) - len(columns) <= len(spec.defaults)
+        assert all(len(r) == len(columns) for r in rows)
+        tail = spec.defaults[len(spec.defaults) - (len(spec.columns) - len(columns)) :] if spec.defaults else ()
         self.inserts.append((table, len(rows)))
-        self.tables[table].extend(tuple(r) for r in rows)
+        self.tables[table].extend(tuple(r) + tail for r in rows)
 
     def close(self) -> None:
         """Nothing to release."""
@@ -434,3 +439,85 @@ def test_server_url_is_parsed_and_the_password_never_shown() -> None:
         parse_server_url("tcp://u:secret@ch:9000/x")
     with pytest.raises(ValueError, match="identifier"):
         parse_server_url("http://ch:8123/bad-name")
+
+
+def test_ms_at_most_floors_each_instant_to_its_millisecond_whatever_the_offset() -> None:
+    bound = 1_794_355_205_000  # 2026-11-11T00:00:05.000Z
+    stamps = [
+        "2026-11-11T00:00:05.000Z",  # the bound itself
+        "2026-11-11T00:00:05.000999Z",  # floors to the bound
+        "2026-11-11T00:00:05.001Z",  # one ms later
+        "2026-11-11T08:00:04.999+08:00",  # 1 ms before, written in UTC+8
+        "2026-11-10T19:00:05.001-05:00",  # 1 ms after, written in UTC-5
+    ]
+    assert ms_at_most(stamps, bound) == [True, True, False, True, False]
+    # Before 1970 the floor goes down: 1969-12-31T23:59:59.9995Z is ms -1, not 0.
+    assert ms_at_most(["1969-12-31T23:59:59.9995Z"], -1) == [True]
+    assert ms_at_most(["1969-12-31T23:59:59.9995Z"], -2) == [False]
+
+
+@pytest.mark.parametrize(
+    "odd",
+    ["2026-11-11T00:00:05.000", "2026-11-11T00:00:05.0000001Z", None, datetime(2026, 11, 11, tzinfo=UTC), "soon"],
+)
+def test_ms_at_most_declines_what_is_not_rfc3339_text_with_an_offset(odd: object) -> None:
+    assert ms_at_most(["2026-11-11T00:00:05.000Z", odd], 0) is None
+
+
+def test_naive_text_and_datetimes_are_looked_up_by_their_instant_too() -> None:
+    ch = FakeClickHouse()
+    sink, _ = new_sink(ch)
+    sink.add(LEDGER, entry(1, ts="2026-11-11T00:00:05.000Z"))
+    sink.flush()
+    sink.add_many(
+        LEDGER,
+        [
+            entry(1, ts="2026-11-11T00:00:05.000"),  # naive text means UTC: the stored row again
+            entry(2, ts=datetime(2026, 11, 11, 0, 0, 4, tzinfo=UTC)),  # older: looked up
+            entry(3, ts=datetime(2026, 11, 11, 8, 0, 9, tzinfo=timezone(timedelta(hours=8)))),  # newer: not
+        ],
+    )
+    assert sink.flush() == {LEDGER: 2}
+    assert ch.asked == ["e1", "e2"]
+
+
+def test_v1_entries_leave_the_v2_columns_out_and_a_chunk_with_a_v2_entry_pads_the_others() -> None:
+    ch = FakeClickHouse()
+    sink, _ = new_sink(ch)
+    sink.add_many(LEDGER, [entry(1), entry(2)])
+    sink.flush()
+    held = entry(3, kind="held", level=0, amount_cents=-500, order_id=None, buyer_id=None, withdrawal_id="w1")
+    withdrawn = entry(4, kind="withdrawn", level=0, amount_cents=-500, withdrawal_id="w1", fee_cents=0)
+    withdrawn["payout_cents"] = 500
+    sink.add_many(LEDGER, [entry(5), held, withdrawn, entry(6, withdrawal_id=None, fee_cents=None)])
+    sink.flush()
+    assert [len(values) for values in ch.tables[LEDGER]] == [15] * 6
+    tails = {str(values[0]): values[3:5] + values[10:] for values in ch.tables[LEDGER]}
+    assert tails == {
+        "e1": ("o0", "b1", "", "", "", None, None),
+        "e2": ("o0", "b1", "", "", "", None, None),
+        "e5": ("o1", "b1", "", "", "", None, None),
+        "e3": ("", "", "w1", "", "", None, None),
+        "e4": ("o1", "b1", "w1", "", "", 0, 500),
+        "e6": ("o2", "b1", "", "", "", None, None),
+    }
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error"),
+    [
+        ({"amount_cents": 1.5}, TypeError),
+        ({"amount_cents": True}, TypeError),
+        ({"fee_cents": 2.0}, TypeError),
+        ({"payout_cents": False}, TypeError),
+        ({"level": 4}, ValueError),
+        ({"kind": "paid"}, ValueError),
+    ],
+)
+def test_a_bad_entry_fails_at_add_with_or_without_v2_fields(overrides: dict[str, Any], error: type[Exception]) -> None:
+    sink, _ = new_sink(FakeClickHouse())
+    with pytest.raises(error):
+        sink.add(LEDGER, entry(1, **overrides))
+    with pytest.raises(error):
+        sink.add_many(LEDGER, [entry(2, **overrides)])
+    assert sink.buffered() in ({}, {LEDGER: 0})
