@@ -35,7 +35,7 @@ from streams.ops import flashsale  # noqa: E402
 from streams.ops.demo import program_toml  # noqa: E402
 from streams.sinks.clickhouse import ChdbBackend, migrate  # noqa: E402
 from streams.sinks.sink import ClickHouseSink  # noqa: E402
-from streams.sinks.sink_agent import buffer_record  # noqa: E402
+from streams.sinks.sink_agent import buffer_records  # noqa: E402
 from streams.state.projector import Tree, binding_of, entry_of, plan_batch  # noqa: E402
 
 
@@ -65,8 +65,7 @@ def run(records: list[tuple[str, bytes]], batch_size: int, path: Path) -> dict[s
     for i in range(0, len(records), batch_size):
         chunk = records[i : i + batch_size]
         t0 = pc()
-        for topic, raw in chunk:
-            buffer_record(sink, topic, raw)
+        buffer_records(sink, chunk)
         t1 = pc()
         sink.flush()
         t2 = pc()

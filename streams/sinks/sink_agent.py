@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,26 +46,58 @@ def longest_pause(sink: ClickHouseSink) -> float:
 
 _json = msgspec.json.Decoder().decode  # the engine's own output records: plain JSON objects, decoded in C
 
+# The engine's output topics carry rows as they are; any other sink source is an input topic (decoded as events).
+_OUTPUT_TABLES: dict[str, str] = {
+    names.COMMISSIONS: LEDGER,
+    names.BINDINGS: BINDINGS,
+    names.DEAD_LETTERS: DEAD_LETTERS,
+    names.CLICKS_LIMITED: LIMITED_CLICKS,
+    names.WITHDRAWAL_STATES: WITHDRAWAL_STATES,
+}
+_INPUT_TABLES: dict[str, str] = {names.CLICKS: CLICKS, names.TIERS: TIER_EVENTS}
+
+
+def _input_row(topic: str, raw: bytes) -> tuple[str, dict[str, Any]] | None:
+    """The table and row of an input record, None when it is not a valid event (the engine dead-letters those)."""
+    ev = decode(topic, raw)
+    if isinstance(ev, Invalid):
+        return None
+    return _INPUT_TABLES.get(topic, ORDERS), ev.as_dict()
+
 
 def buffer_record(sink: ClickHouseSink, topic: str, raw: bytes | None) -> None:
     """Turn one record of a sink source topic into a row; input records that are not valid events are skipped."""
     if raw is None:
         return
-    if topic == names.COMMISSIONS:
-        sink.add(LEDGER, _json(raw))
-    elif topic == names.BINDINGS:
-        sink.add(BINDINGS, _json(raw))
-    elif topic == names.DEAD_LETTERS:
-        sink.add(DEAD_LETTERS, _json(raw))
-    elif topic == names.CLICKS_LIMITED:
-        sink.add(LIMITED_CLICKS, _json(raw))
-    elif topic == names.WITHDRAWAL_STATES:
-        sink.add(WITHDRAWAL_STATES, _json(raw))
-    else:
-        ev = decode(topic, raw)
-        if not isinstance(ev, Invalid):
-            table = {names.CLICKS: CLICKS, names.TIERS: TIER_EVENTS}.get(topic, ORDERS)
-            sink.add(table, ev.as_dict())
+    table = _OUTPUT_TABLES.get(topic)
+    if table is not None:
+        sink.add(table, _json(raw))
+        return
+    found = _input_row(topic, raw)
+    if found is not None:
+        sink.add(*found)
+
+
+def buffer_records(sink: ClickHouseSink, records: Iterable[tuple[str, bytes | None]]) -> None:
+    """buffer_record for a polled batch of (topic, value): rows grouped per table go in by add_many, a lock each."""
+    by_table: dict[str, list[Any]] = {}
+    for topic, raw in records:
+        if raw is None:
+            continue
+        table = _OUTPUT_TABLES.get(topic)
+        if table is not None:
+            row = _json(raw)
+        else:
+            found = _input_row(topic, raw)
+            if found is None:
+                continue
+            table, row = found
+        rows = by_table.get(table)
+        if rows is None:
+            rows = by_table[table] = []
+        rows.append(row)
+    for table, rows in by_table.items():
+        sink.add_many(table, rows)
 
 
 async def flush_until_written(sink: ClickHouseSink, written: dict[str, int]) -> None:
@@ -171,8 +204,7 @@ async def sink_to_clickhouse(
             if not batch:
                 progress.lag = await lag(consumer)
                 continue
-            for record in batch:
-                buffer_record(sink, record.topic, record.value)
+            buffer_records(sink, ((record.topic, record.value) for record in batch))
             await flush_until_written(sink, progress.written)
             try:
                 await consumer.commit()

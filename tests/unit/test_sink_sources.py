@@ -1,14 +1,17 @@
-"""The sink reads the source topics that exist, and names the ones it cannot read yet."""
+"""The sink reads the source topics that exist, names the ones it cannot read yet, and turns their records into rows."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 
 import pytest
 
 from streams import names
 from streams.sinks import sink_agent
+from streams.sinks.sink import BINDINGS, CLICKS, LEDGER, ORDERS, ClickHouseSink
+from tests.unit.test_sink import FakeClickHouse, entry
 
 
 class Cluster:
@@ -38,3 +41,52 @@ def test_a_missing_source_topic_is_skipped_with_a_warning_naming_it(caplog: pyte
     with caplog.at_level(logging.WARNING, logger="streams.sinks.sink_agent"):
         assert asyncio.run(sink_agent.existing_sources(Cluster(set(names.SINK_SOURCES)))) == list(names.SINK_SOURCES)
     assert caplog.records == []
+
+
+def _sink() -> tuple[ClickHouseSink, FakeClickHouse]:
+    ch = FakeClickHouse()
+    return ClickHouseSink(ch), ch
+
+
+def test_a_polled_batch_is_buffered_per_table_with_the_same_rows_as_one_record_at_a_time() -> None:
+    ts = "2026-11-11T00:00:00.000Z"
+    batch: list[tuple[str, bytes | None]] = [
+        (names.COMMISSIONS, json.dumps(entry(1)).encode()),
+        (names.CLICKS, json.dumps({"event_id": "c1", "ts": ts, "visitor_id": "v1", "ref": "u1"}).encode()),
+        (names.COMMISSIONS, None),  # a tombstone
+        (names.ORDERS, b'{"event_id": "o1", "ts": "2026-11-11T00:00:00.000Z"}'),  # not a valid event: skipped
+        (
+            names.ORDERS,
+            json.dumps(
+                {"event_id": "o2", "ts": ts, "order_id": "o", "type": "paid", "buyer_id": "b", "amount_cents": -5}
+            ).encode(),
+        ),  # negative cents: not valid either
+        (
+            names.ORDERS,
+            json.dumps(
+                {"event_id": "o3", "ts": ts, "order_id": "o", "type": "paid", "buyer_id": "b", "amount_cents": 1999}
+            ).encode(),
+        ),
+        (names.BINDINGS, json.dumps({"user_id": "u2", "inviter_id": None, "ts": ts, "source": "signup"}).encode()),
+        (names.COMMISSIONS, json.dumps(entry(1)).encode()),  # redelivered within the batch
+        (names.COMMISSIONS, json.dumps(entry(2)).encode()),
+    ]
+    one, one_ch = _sink()
+    for topic, raw in batch:
+        sink_agent.buffer_record(one, topic, raw)
+    many, many_ch = _sink()
+    sink_agent.buffer_records(many, batch)
+    assert many.buffered() == one.buffered() == {LEDGER: 2, CLICKS: 1, ORDERS: 1, BINDINGS: 1}
+    assert many.flush() == one.flush()
+    assert many_ch.tables == one_ch.tables
+    assert many_ch.tables[ORDERS] == [("o3", ts, "o", "paid", "b", 1999, "", "", "")]
+    assert many_ch.tables[BINDINGS] == [("u2", None, ts, "signup")]
+
+
+def test_a_bad_ledger_row_in_a_batch_fails_the_batch_as_it_fails_add() -> None:
+    sink, _ = _sink()
+    bad = json.dumps(entry(3, amount_cents=1.5)).encode()
+    with pytest.raises(TypeError, match="amount_cents must be integer cents"):
+        sink_agent.buffer_records(sink, [(names.COMMISSIONS, json.dumps(entry(1)).encode()), (names.COMMISSIONS, bad)])
+    with pytest.raises(TypeError, match="amount_cents must be integer cents"):
+        sink_agent.buffer_record(sink, names.COMMISSIONS, bad)
