@@ -208,6 +208,18 @@ def ms_at_most(stamps: Sequence[object], bound_ms: int) -> list[bool] | None:
     return older
 
 
+def _ipc_stream(batch: pa.RecordBatch) -> bytes:
+    """One batch as an Arrow IPC stream, written once into a buffer of its exact size (growing one copies it over)."""
+    size = pa.MockOutputStream()
+    with pa.ipc.new_stream(size, batch.schema) as writer:
+        writer.write_batch(batch)
+    buffer = pa.allocate_buffer(size.size())
+    with pa.ipc.new_stream(pa.FixedSizeBufferWriter(buffer), batch.schema) as writer:
+        writer.write_batch(batch)
+    payload: bytes = buffer.to_pybytes()
+    return payload
+
+
 @dataclass
 class _HeldDirectory:
     """A data directory this process has open: our flock's fd, and how many backends share it."""
@@ -373,11 +385,7 @@ class ChdbBackend:
             arrays = [arrow_column(values, types.get(name)) for name, values in zip(columns, data, strict=True)]
         except (pa.ArrowException, ValueError, TypeError, OverflowError) as exc:
             raise ValueError(f"insert into {table}: a value does not fit its column: {exc}") from exc
-        batch = pa.RecordBatch.from_arrays(arrays, names=list(columns))
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, batch.schema) as writer:
-            writer.write_batch(batch)
-        payload = sink.getvalue().to_pybytes()
+        payload = _ipc_stream(pa.RecordBatch.from_arrays(arrays, names=list(columns)))
         with self._lock:
             if self._session is None:
                 raise ClickHouseError("the embedded ClickHouse backend is closed")

@@ -269,21 +269,20 @@ class _Table:
         return found
 
 
-def _maybe_stored(ch: ClickHouse, spec: _Table, chunk: list[tuple[Hashable, Values]]) -> list[tuple[Hashable, Values]]:
-    """The rows of a chunk that may be stored already: where the key fixes the ts, none newer than the newest."""
+def _maybe_stored(ch: ClickHouse, spec: _Table, keys: list[Hashable], rows: list[Values]) -> list[Hashable]:
+    """The keys of a chunk's rows that may be stored already: where the key fixes the ts, none newer than the newest."""
     if spec.name not in _TS_FIXED_BY_KEY:
-        return chunk
+        return keys
     at = spec.columns.index("ts")
     newest = ch.query(f"SELECT toUnixTimestamp64Milli(max(ts)), count() > 0 FROM {spec.name}")[0]
     if not newest[1]:
         return []
     # A stored copy of a row has the row's ts at millisecond precision: one more ms covers any rounding.
     bound = int(newest[0]) + 1
-    stamps = list(map(itemgetter(at), map(itemgetter(1), chunk)))
-    older = ms_at_most(stamps, bound)
+    older = ms_at_most(list(map(itemgetter(at), rows)), bound)
     if older is None:
-        return [item for item in chunk if _epoch_ms(item[1][at]) <= bound]
-    return list(compress(chunk, older))
+        return [key for key, values in zip(keys, rows, strict=True) if _epoch_ms(values[at]) <= bound]
+    return list(compress(keys, older))
 
 
 def _within(keys: list[Any], limit: int | None) -> Iterator[list[Any]]:
@@ -521,7 +520,7 @@ class ClickHouseSink:
             with _gc_paused():
                 for table in list(taken):
                     started = time.perf_counter()
-                    inserted[table] = self._write(TABLES[table], list(taken[table].items()))
+                    inserted[table] = self._write(TABLES[table], taken[table])
                     rows = taken.pop(table)
                     elapsed = time.perf_counter() - started
                     log.debug("sink: %s %d offered, %d new in %.3fs", table, len(rows), inserted[table], elapsed)
@@ -538,19 +537,22 @@ class ClickHouseSink:
                     rows.setdefault(key, values)
                 self._buffers[table] = rows
 
-    def _write(self, spec: _Table, items: list[tuple[Hashable, Values]]) -> int:
+    def _write(self, spec: _Table, buffer: dict[Hashable, Values]) -> int:
         """Write a table's rows in chunks small enough for one INSERT block (atomic) and one existence query."""
         size = self.chunk_rows
-        return sum(self._write_chunk(spec, items[i : i + size]) for i in range(0, len(items), size))
+        keys, rows = list(buffer), list(buffer.values())
+        return sum(self._write_chunk(spec, keys[i : i + size], rows[i : i + size]) for i in range(0, len(keys), size))
 
-    def _write_chunk(self, spec: _Table, chunk: list[tuple[Hashable, Values]]) -> int:
+    def _write_chunk(self, spec: _Table, keys: list[Hashable], chunk: list[Values]) -> int:
         """Check, then insert what is new; on failure back off and check again, so nothing lands twice."""
         attempt = 1
         while True:
             try:
-                candidates = _maybe_stored(self._ch, spec, chunk)
-                stored = spec.existing(self._ch, [key for key, _ in candidates]) if candidates else set()
-                rows = [values for key, values in chunk if key not in stored] if stored else [v for _, v in chunk]
+                candidates = _maybe_stored(self._ch, spec, keys, chunk)
+                stored = spec.existing(self._ch, candidates) if candidates else set()
+                rows = (
+                    [values for key, values in zip(keys, chunk, strict=True) if key not in stored] if stored else chunk
+                )
                 if rows:
                     self._ch.insert(spec.name, *spec.shaped(rows))
                 return len(rows)
