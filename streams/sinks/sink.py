@@ -265,7 +265,7 @@ class _Table:
         limit: int | None = getattr(ch, "max_param_bytes", _DEFAULT_PARAM_BYTES)
         found: set[Hashable] = set()
         for group in _within(lookups, limit):
-            found.update(self.from_stored(row) for row in ch.query(sql, {"keys": json.dumps(group)}))
+            found.update(map(self.from_stored, ch.query(sql, {"keys": json.dumps(group)})))
         return found
 
 
