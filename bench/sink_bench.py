@@ -3,8 +3,10 @@
     .venv/bin/python bench/sink_bench.py [--rows 1000000] [--path DIR] [--chunk-rows 100000]
 
 Measures a first flush (all rows new) and a replay of the same rows (all found, none inserted),
-the two costs a worker pays per batch. Uses a fresh temporary data directory unless --path is
-given (it must not be the running worker's: chDB lets one process own a directory).
+the two costs a worker pays per batch. CPU us/row is the process's CPU time (chDB's threads
+included): on a shared machine it moves less with the neighbours' load than rows/s does. Uses a
+fresh temporary data directory unless --path is given (it must not be the running worker's: chDB
+lets one process own a directory).
 """
 
 from __future__ import annotations
@@ -79,12 +81,15 @@ def main() -> None:
                 migrate(ch)
                 sink = ClickHouseSink(ch, chunk_rows=args.chunk_rows)
                 for label in ("first write", "replay"):
+                    cpu_started = time.process_time()
                     add_s, flush_s, inserted = measure(sink, rows, bulk)
+                    cpu_us = (time.process_time() - cpu_started) / len(rows) * 1e6
                     total = add_s + flush_s
                     print(
                         f"{'add_many()' if bulk else 'add()':>10} {label:>11}: {inserted:>9,} inserted"
                         f" | buffer {add_s:5.2f}s  flush {flush_s:5.2f}s  total {total:5.2f}s"
                         f" | {len(rows) / total:>9,.0f} rows/s  (flush alone {len(rows) / flush_s:>9,.0f} rows/s)"
+                        f" | CPU {cpu_us:5.2f} us/row"
                     )
                 stored = ch.query(f"SELECT count() FROM {LEDGER}")[0][0]
                 print(f"{'':>10} rows stored: {stored:,}; totals: {ledger_totals(ch)}")
