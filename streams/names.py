@@ -73,6 +73,7 @@ ENV_ADVERTISED_URL = "FENXIAO_ADVERTISED_URL"  # where other workers reach this 
 ENV_TOPOLOGY = "FENXIAO_TOPOLOGY"  # single (default: one active worker, standbys) or staged (active workers share)
 ENV_CREDIT_OWNER = "FENXIAO_CREDIT_OWNER"  # set by a worker on the credit stage it spawns: the worker's owner id
 ENV_COMPRESSION = "FENXIAO_COMPRESSION"  # codec of every record the worker produces (docs/producers.md)
+ENV_KAFKA_JVM_OPTS = "FENXIAO_KAFKA_JVM_OPTS"  # extra JVM options of the local stack's broker, after its own
 
 # Redis keys. Prefix "fx:"; see docs/redis.md for the full layout.
 REDIS_PREFIX = "fx:"

@@ -61,6 +61,11 @@ class Settings(BaseSettings):
     sink_port_setting: int | None = Field(
         default=None, ge=1, le=65535, validation_alias=AliasChoices(names.ENV_SINK_PORT)
     )
+    kafka_jvm_opts: str = Field(
+        default="",
+        validation_alias=AliasChoices(names.ENV_KAFKA_JVM_OPTS),
+        description="JVM options for the local stack's broker, after its defaults (the last of a flag wins)",
+    )
     sink_nice: int = Field(
         default=10,
         ge=0,

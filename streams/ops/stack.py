@@ -50,6 +50,10 @@ _POM_NS = {"m": "http://maven.apache.org/POM/4.0.0"}
 MIN_JAVA = 17
 _JAVA_HINT = "apt-get install -y openjdk-17-jre-headless"
 KAFKA_HEAP = ("-Xms256m", "-Xmx1g")
+# The local broker lives minutes (tests, demo, benchmark), not days: C2's JIT compiling was half of its CPU in
+# the benchmark's measured phases (docs/performance.md, 2026-12-07); C1 alone compiles at a fraction of that.
+# FENXIAO_KAFKA_JVM_OPTS=-XX:TieredStopAtLevel=4 gives a long-lived local broker C2 back.
+KAFKA_JIT = ("-XX:TieredStopAtLevel=1",)
 _TOPIC_ALREADY_EXISTS = 36
 _INVALID_REPLICATION_FACTOR = 38  # answered while the broker has not registered yet: retry
 _PR_SET_PDEATHSIG = 1
@@ -78,6 +82,7 @@ class StackConfig:
     # Test sessions set this so a killed pytest does not leave a 1 GB JVM behind (Linux only; the services
     # get SIGTERM when the thread that started them exits, so start them from the main thread).
     stop_with_parent: bool = False
+    kafka_jvm_opts: tuple[str, ...] = ()  # after KAFKA_HEAP and KAFKA_JIT (FENXIAO_KAFKA_JVM_OPTS)
 
     @property
     def kafka_dir(self) -> Path:
@@ -176,6 +181,7 @@ def config_from_settings(settings: Settings | None = None) -> StackConfig:
         controller_port=k_port + 1,
         redis_port=r_port,
         host=host,
+        kafka_jvm_opts=tuple(s.kafka_jvm_opts.split()),
     )
 
 
@@ -531,6 +537,20 @@ def _require_kafka_ports(cfg: StackConfig) -> None:
     _require_free(cfg.host, cfg.controller_port, f"Kafka controller, {names.ENV_KAFKA} port + 1", names.ENV_KAFKA)
 
 
+def kafka_jvm(cfg: StackConfig, java: str, log4j: Path) -> list[str]:
+    """The broker's java command up to the classpath: the stack's defaults, then the operator's options (last wins)."""
+    return [
+        java,
+        *KAFKA_HEAP,
+        *KAFKA_JIT,
+        *cfg.kafka_jvm_opts,
+        "-XX:+UseG1GC",
+        "-Djava.awt.headless=true",
+        "-Dlog4j2.shutdownHookEnabled=false",
+        f"-Dlog4j2.configurationFile={log4j}",
+    ]
+
+
 def start_kafka(cfg: StackConfig) -> int:
     """Start the single-node KRaft broker (formatting its storage the first time); returns its pid."""
     pid = running_pid(cfg, KAFKA)
@@ -538,21 +558,13 @@ def start_kafka(cfg: StackConfig) -> int:
         return pid
     _require_kafka_ports(cfg)
     libs = ensure_kafka_jars(cfg)
-    java = check_java()
     kdir = cfg.kafka_dir
     (kdir / "data").mkdir(parents=True, exist_ok=True)
     props = kdir / "server.properties"
     props.write_text(kafka_server_properties(cfg))
     log4j = kdir / "log4j2.properties"
     log4j.write_text(kafka_log4j2_properties())
-    jvm = [
-        java,
-        *KAFKA_HEAP,
-        "-XX:+UseG1GC",
-        "-Djava.awt.headless=true",
-        "-Dlog4j2.shutdownHookEnabled=false",
-        f"-Dlog4j2.configurationFile={log4j}",
-    ]
+    jvm = kafka_jvm(cfg, check_java(), log4j)
     classpath = ["-cp", str(libs / "*")]
 
     if not (kdir / "data" / "meta.properties").exists():
@@ -870,6 +882,7 @@ def isolated_stack(var_dir: Path, partitions: int = 4, timeout: float = 120.0) -
         controller_port=controller_port,
         redis_port=redis_port,
         stop_with_parent=True,
+        kafka_jvm_opts=tuple(get_settings().kafka_jvm_opts.split()),
     )
     try:
         start_redis(cfg)

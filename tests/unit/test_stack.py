@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture
 def fresh_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
     """Env changes reach get_settings(), and the cached settings are dropped again afterwards."""
-    for env in (names.ENV_KAFKA, names.ENV_REDIS_URL, names.ENV_VAR_DIR):
+    for env in (names.ENV_KAFKA, names.ENV_REDIS_URL, names.ENV_VAR_DIR, names.ENV_KAFKA_JVM_OPTS):
         monkeypatch.delenv(env, raising=False)
     get_settings.cache_clear()
     yield monkeypatch
@@ -85,6 +85,23 @@ def test_config_defaults_match_the_settings_defaults(fresh_settings: pytest.Monk
     cfg = stack_mod.config_from_settings()
     assert (cfg.kafka_port, cfg.controller_port, cfg.redis_port) == (9092, 9093, 6379)
     assert cfg.var_dir.is_absolute() and cfg.var_dir.name == "var"
+
+
+def test_the_broker_compiles_with_c1_unless_the_operator_says_otherwise(
+    fresh_settings: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    log4j = tmp_path / "log4j2.properties"
+    default = stack_mod.kafka_jvm(stack_mod.config_from_settings(), "java", log4j)
+    assert default[0] == "java" and "-XX:TieredStopAtLevel=1" in default and "-Xmx1g" in default
+    fresh_settings.setenv(names.ENV_KAFKA_JVM_OPTS, " -XX:TieredStopAtLevel=4  -Xmx2g ")
+    get_settings.cache_clear()
+    cfg = stack_mod.config_from_settings()
+    assert cfg.kafka_jvm_opts == ("-XX:TieredStopAtLevel=4", "-Xmx2g")
+    jvm = stack_mod.kafka_jvm(cfg, "java", log4j)
+    # HotSpot takes the last of a repeated flag: the operator's options must come after the stack's own.
+    assert jvm.index("-XX:TieredStopAtLevel=4") > jvm.index("-XX:TieredStopAtLevel=1")
+    assert jvm.index("-Xmx2g") > jvm.index("-Xmx1g")
+    assert f"-Dlog4j2.configurationFile={log4j}" in jvm
 
 
 def test_config_refuses_a_remote_broker(fresh_settings: pytest.MonkeyPatch) -> None:
