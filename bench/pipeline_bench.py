@@ -1,7 +1,7 @@
 """Issue 11's benchmark on one private stack: baselines, pipeline, CPU, scaling, latency, backlog, sink.
 
     .venv/bin/python bench/pipeline_bench.py [--quick] [--scaling-only] [--users N --orders M --seed S]
-        [--backlog N] [--quota-us 25000 --period-us 100000] [--grace S] [--latency-grace S]
+        [--backlog N] [--quota-us 12500 --period-us 100000] [--grace S] [--latency-grace S]
 
 Starts its own Kafka + redis-server (streams.ops.stack.isolated_stack in a temp dir; never a developer's
 stack) and measures, in one run:
@@ -12,7 +12,7 @@ stack) and measures, in one run:
              order produced to the last expected ledger entry read back; py-spy profiles the worker;
   cpu        cgroup v1 cpuacct per component (broker, redis, each worker, sink, baseline, harness):
              CPU-ms per 1,000 order records in each phase;
-  scaling    1, 2, 4 workers, each under the same CFS quota (a quarter core by default), infrastructure
+  scaling    1, 2, 4 workers, each under the same CFS quota (an eighth of a core by default), infrastructure
              unthrottled; speedup, serial fraction (least-squares Amdahl fit; Karp-Flatt per point too),
              and an Amdahl projection for 8, 16 and 32 workers;
   latency    produce -> ledger entry, p50/p95/p99 paced at 25/50/75 % of the pipeline's max, the worker
