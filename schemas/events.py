@@ -82,8 +82,9 @@ def parse_ts_ms(value: str) -> int:
     return ms
 
 
+@lru_cache(maxsize=4096)
 def format_ts(ms: int) -> str:
-    """Epoch milliseconds to the contract's canonical form, 2026-11-11T00:00:00.000Z."""
+    """Epoch ms to the contract's canonical form, 2026-11-11T00:00:00.000Z; cached, as an event's entries share it."""
     return f"{_second_str(ms // 1000)}.{ms % 1000:03d}Z"
 
 
