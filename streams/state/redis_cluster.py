@@ -231,7 +231,7 @@ class ClusterStore(RedisStore):
 
     async def _write(self, commands: StagedCommands) -> tuple[str, str]:
         """Journal the batch (checking lease and epoch), then apply it node by node (after _guarded's _recover)."""
-        payload = commands.payload() if commands.commands else ""
+        payload = commands.payload() if commands.commands else b""
         verdict, found = await self._journal(
             keys=[names.KEY_LEASE, names.KEY_EPOCH, names.KEY_JOURNAL],
             args=[self.owner, self.epoch, LEASE_TTL_MS, payload],

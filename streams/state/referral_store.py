@@ -273,9 +273,9 @@ class StagedCommands(DataAccessCommands):
             raise ValueError(f"{command[0]} with {len(command)} arguments is too long for one scripted call")
         self.commands.append(command)
 
-    def payload(self) -> str:
-        """The commands as the script's JSON argument."""
-        return _JSON.encode(self.commands).decode()
+    def payload(self) -> bytes:
+        """The commands as the script's JSON argument, as bytes: redis-py sends them unchanged (no str round trip)."""
+        return _JSON.encode(self.commands)
 
 
 class StateLost(RuntimeError):
