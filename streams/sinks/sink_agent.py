@@ -65,21 +65,8 @@ def _input_row(topic: str, raw: bytes) -> tuple[str, dict[str, Any]] | None:
     return _INPUT_TABLES.get(topic, ORDERS), ev.as_dict()
 
 
-def buffer_record(sink: ClickHouseSink, topic: str, raw: bytes | None) -> None:
-    """Turn one record of a sink source topic into a row; input records that are not valid events are skipped."""
-    if raw is None:
-        return
-    table = _OUTPUT_TABLES.get(topic)
-    if table is not None:
-        sink.add(table, _json(raw))
-        return
-    found = _input_row(topic, raw)
-    if found is not None:
-        sink.add(*found)
-
-
 def buffer_records(sink: ClickHouseSink, records: Iterable[tuple[str, bytes | None]]) -> None:
-    """buffer_record for a polled batch of (topic, value): rows grouped per table go in by add_many, a lock each."""
+    """A polled batch of (topic, value) as rows, grouped per table for add_many; invalid input events are skipped."""
     by_table: dict[str, list[Any]] = {}
     for topic, raw in records:
         if raw is None:

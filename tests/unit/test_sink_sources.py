@@ -72,8 +72,8 @@ def test_a_polled_batch_is_buffered_per_table_with_the_same_rows_as_one_record_a
         (names.COMMISSIONS, json.dumps(entry(2)).encode()),
     ]
     one, one_ch = _sink()
-    for topic, raw in batch:
-        sink_agent.buffer_record(one, topic, raw)
+    for record in batch:  # one record per call, as a poll of one would hand them over
+        sink_agent.buffer_records(one, [record])
     many, many_ch = _sink()
     sink_agent.buffer_records(many, batch)
     assert many.buffered() == one.buffered() == {LEDGER: 2, CLICKS: 1, ORDERS: 1, BINDINGS: 1}
@@ -89,4 +89,4 @@ def test_a_bad_ledger_row_in_a_batch_fails_the_batch_as_it_fails_add() -> None:
     with pytest.raises(TypeError, match="amount_cents must be integer cents"):
         sink_agent.buffer_records(sink, [(names.COMMISSIONS, json.dumps(entry(1)).encode()), (names.COMMISSIONS, bad)])
     with pytest.raises(TypeError, match="amount_cents must be integer cents"):
-        sink_agent.buffer_record(sink, names.COMMISSIONS, bad)
+        sink_agent.buffer_records(sink, [(names.COMMISSIONS, bad)])
