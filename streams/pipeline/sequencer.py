@@ -46,6 +46,9 @@ OFFSET_COMMIT_INTERVAL_S = 1.0
 SETTLE_CHECK_S = 0.5
 # Staged topology: least time between two watermarks to the credit stage (each goes to every partition).
 WATERMARK_EVERY_S = 0.1
+# Events applied between two yields to the event loop while the previous batch is still being written: the apply
+# is pure CPU, so without them that write would only move on once the whole next batch is applied.
+YIELD_EVERY = 256
 
 OutputRecord = tuple[str, bytes | None, dict[str, object]]
 
@@ -287,7 +290,14 @@ class Sequencer:
             pass
 
     async def step(self) -> bool:
-        """Apply one released batch in memory and start writing it out; True if there may be more at once."""
+        """Apply one released batch in memory and start writing it out; True if there may be more at once.
+
+        Holds the lock so that a revoke's drain waits for the batch's write to exist, then for it to land.
+        """
+        async with self._lock:
+            return await self._step()
+
+    async def _step(self) -> bool:
         batch = self.aligner.release(self.batch_size)
         now = self.clock()
         if not batch and not self._pending_dead and now - self._last_settle_check < SETTLE_CHECK_S:
@@ -304,7 +314,10 @@ class Sequencer:
         limited: list[LimitedClick] = []
         states: list[OutputRecord] = []
         steps: list[tuple[str, StepValue]] = []
-        for key, h in batch:
+        flush = self._flush
+        for i, (key, h) in enumerate(batch):
+            if i % YIELD_EVERY == YIELD_EVERY - 1 and flush is not None and not flush.done():
+                await asyncio.sleep(0)  # the previous batch's produce and Redis commit make progress meanwhile
             if self.staged and isinstance(h.event, Order):
                 res, terms, forward = ledger.attribute_order(h.event)
                 if forward:
@@ -365,6 +378,7 @@ class Sequencer:
         offsets = book.committable() if book is not None else {}
         await self._wait_flush()
         self._flush = asyncio.create_task(self._write(self._formed, records, staged, offsets, steps, mark_now))
+        await asyncio.sleep(0)  # let the write send its first requests before the next batch's apply takes the CPU
         self.stats.applied += len(batch)
         self.stats.batches += 1
         self.stats.entries += len(entries)
