@@ -231,6 +231,14 @@ async def produce_fast(bootstrap: str, records: Sequence[dict[str, Any]], topic:
         open_batches: dict[tuple[str, int], Any] = {}
         futs: list[asyncio.Future[Any]] = []
         rr = 0
+
+        async def send_open() -> None:
+            """Send every partition's open batch that holds records, and start an empty one in its place."""
+            for (st, sp), sb in open_batches.items():
+                if sb.record_count():
+                    futs.append(await p.send_batch(sb, st, partition=sp))
+                    open_batches[(st, sp)] = p.create_batch()
+
         for rec in records:
             t, key = topic or rec["topic"], rec.get("key")
             kb = None if key is None else str(key).encode()
@@ -251,17 +259,12 @@ async def produce_fast(bootstrap: str, records: Sequence[dict[str, Any]], topic:
             out.records += 1
             out.orders += rec["topic"] == names.ORDERS
             if out.records % SWEEP_EVERY == 0:  # a sparse partition's batch may not fill for the whole run
-                for (st, sp), sb in open_batches.items():
-                    if sb.record_count():
-                        futs.append(await p.send_batch(sb, st, partition=sp))
-                        open_batches[(st, sp)] = p.create_batch()
+                await send_open()
             if len(futs) >= 32:
                 await asyncio.gather(*futs)
                 futs.clear()
         out.last_sent = time.time()
-        for (t, part), b in open_batches.items():
-            if b.record_count():
-                futs.append(await p.send_batch(b, t, partition=part))
+        await send_open()
         await asyncio.gather(*futs)
         out.done = time.time()
     finally:
