@@ -999,7 +999,7 @@ async def settle_assignment(ctx: Ctx, workers: Sequence[Worker], run: str, timeo
     want = {f"{t}:{p}" for t in names.INPUT_TOPICS for p in range(PARTITIONS)}
     staged = ctx.args.topology == "staged"
     if staged:
-        want |= {f"{names.ORDER_STEPS}:{p}" for p in range(PARTITIONS)}
+        want |= {f"{names.ORDER_STEPS}:{p}" for p in range(stack_mod.step_partitions(PARTITIONS))}
     deadline = time.monotonic() + timeout
     last: dict[str, list[str]] = {}
     while time.monotonic() < deadline:
@@ -1009,11 +1009,12 @@ async def settle_assignment(ctx: Ctx, workers: Sequence[Worker], run: str, timeo
             if st is not None and isinstance(st.get("owned"), list):
                 last[w.component] = [str(x) for x in st["owned"]]
         owned = [p for ps in last.values() for p in ps]
-        # Staged: every worker but the lease holder (the one reading the inputs) credits some partitions.
-        credits = [
-            any(p.startswith(names.ORDER_STEPS) for p in ps) for ps in last.values() if names.ORDERS + ":0" not in ps
-        ]
-        every = not staged or all(credits)
+        # Staged: every worker but the lease holder (the one reading the inputs) credits some partitions, and the
+        # lease holder none unless alone (it leaves its share once it sees the others' credit stages alive).
+        credits = [any(p.startswith(names.ORDER_STEPS) for p in ps) for ps in last.values()]
+        lead = [c for c, ps in zip(credits, last.values(), strict=True) if names.ORDERS + ":0" in ps]
+        rest = [c for c, ps in zip(credits, last.values(), strict=True) if names.ORDERS + ":0" not in ps]
+        every = not staged or (all(rest) and (len(workers) == 1 or not any(lead)))
         if len(last) == len(workers) and set(owned) >= want and len(owned) == len(set(owned)) and every:
             return {"owned": last, "settled": True}
         await asyncio.sleep(1.0)

@@ -21,6 +21,8 @@ INPUT_TOPICS: tuple[str, ...] = (TIERS, CLICKS, SIGNUPS, ORDERS, *V2_INPUT_TOPIC
 # Staged topology (FENXIAO_TOPOLOGY=staged, docs/decisions.md): the attribution stage forwards every order step,
 # a first payment with its locked terms, keyed by order_id, plus watermarks; the credit stage's group reads it.
 ORDER_STEPS = "fenxiao.order-steps"
+# Its partitions when the engine creates it: at least this many, so 1, 2, 3, 4 or 6 credit workers get equal shares.
+ORDER_STEPS_MIN_PARTITIONS = 12
 INTERNAL_TOPICS: tuple[str, ...] = (ORDER_STEPS,)
 CREDIT_GROUP_SUFFIX = "-credit"
 OUTPUT_TOPICS: tuple[str, ...] = (COMMISSIONS, BINDINGS, DEAD_LETTERS, CLICKS_LIMITED, WITHDRAWAL_STATES)

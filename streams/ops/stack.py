@@ -612,17 +612,25 @@ def _tcp_open(host: str, port: int, timeout: float) -> bool:
         return False
 
 
+def step_partitions(partitions: int) -> int:
+    """Partitions of fenxiao.order-steps: the credit stage's unit of sharing, so never fewer than a few workers need."""
+    return max(partitions, names.ORDER_STEPS_MIN_PARTITIONS)
+
+
 def topic_specs(partitions: int) -> list[NewTopic]:
     """Every input and output topic of streams/names.py; bindings is compacted (the durable referral tree).
 
     Input topics keep everything (retention.ms=-1): they are the system of record that Redis is rebuilt from.
+    fenxiao.order-steps gets `step_partitions`: the lease holder credits nothing while others do, so 4 workers
+    share it 3 ways, and 4 partitions would give one of them half.
     """
     specs = []
     for name in (*names.INPUT_TOPICS, *names.OUTPUT_TOPICS, *names.INTERNAL_TOPICS):
         configs = {"cleanup.policy": "compact"} if name == names.BINDINGS else {}
         if name in names.INPUT_TOPICS:
             configs = {"retention.ms": "-1", "retention.bytes": "-1"}
-        specs.append(NewTopic(name, partitions, 1, topic_configs=configs))
+        count = step_partitions(partitions) if name == names.ORDER_STEPS else partitions
+        specs.append(NewTopic(name, count, 1, topic_configs=configs))
     return specs
 
 

@@ -11,6 +11,7 @@ letters (acked), then commit the state and move the partitions' positions in one
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -41,9 +42,10 @@ from streams.state.stores import open_credit_store
 log = logging.getLogger(__name__)
 
 POLL_MS = 100
-# Records per poll: each packs up to steps.PACK_STEPS steps, so a batch stays near 5,000 steps, as before packing; a
-# larger one under a quarter-core quota outlasted STATUS_TTL_MS, and the lease holder took its credit share back.
-MAX_RECORDS = 10
+# Records per poll: each packs up to steps.PACK_STEPS steps of one partition's share of an attribution batch, so with
+# order-steps' 12 partitions a batch stays near 5,000 steps, as before packing on 4; a larger one under a
+# quarter-core quota outlasted STATUS_TTL_MS, and the lease holder took its credit share back.
+MAX_RECORDS = 30
 STATUS_TTL_MS = 5_000
 STATUS_EVERY_S = 1.0
 WAIT_FOR_STATE_S = 0.5
@@ -179,6 +181,7 @@ class CreditStage:
         await self.outputs.start()
         await self.consumer.start()
         self.consumer.subscribe([names.ORDER_STEPS], listener=_Listener(self))
+        beat = Heartbeat(self.settings.redis_url.get_secret_value(), self.owner).start()
         try:
             while not self.stopping.is_set():
                 got = await self.consumer.getmany(timeout_ms=POLL_MS, max_records=MAX_RECORDS)
@@ -186,6 +189,7 @@ class CreditStage:
                     await self._batch(got)
                 await self._publish_status()
         finally:
+            beat.stop()
             await self.consumer.stop()
             await self.outputs.stop()
             await self.store.redis.delete(names.KEY_CREDIT_STATUS + self.owner)
@@ -279,10 +283,44 @@ class CreditStage:
         if now - self._last_status < STATUS_EVERY_S:
             return
         self._last_status = now
-        pipe = self.store.redis.pipeline(transaction=False)
-        pipe.set(names.KEY_CREDIT_STATUS + self.owner, json.dumps(self.status()), px=STATUS_TTL_MS)
-        pipe.zadd(names.KEY_CREDIT_ALIVE, {self.owner: int(time.time() * 1000) + STATUS_TTL_MS})
-        await pipe.execute()
+        await self.store.redis.set(names.KEY_CREDIT_STATUS + self.owner, json.dumps(self.status()), px=STATUS_TTL_MS)
+
+
+class Heartbeat:
+    """The credit stage's entry in fx:cr:alive, renewed by a thread: a long batch under a CPU quota is not death.
+
+    Renewed between batches, a batch that outlasted STATUS_TTL_MS let the entry lapse; the lease holder then took
+    its credit share back and gave it up again a second later, two rebalances each time (seen at 12 partitions,
+    2 workers, an eighth of a core each). The thread gets the GIL within sys.getswitchinterval() of a batch.
+    """
+
+    def __init__(self, redis_url: str, owner: str) -> None:
+        self.redis_url, self.owner = redis_url, owner
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="credit-heartbeat", daemon=True)
+
+    def start(self) -> Heartbeat:
+        """Renew the entry every STATUS_EVERY_S until stop()."""
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop renewing and wait for the thread (the stage then removes the entry)."""
+        self._stop.set()
+        self._thread.join(STOP_WAIT_S)
+
+    def _run(self) -> None:
+        from streams.state import redis_conn
+
+        r = redis_conn.connect(self.redis_url, socket_timeout=2)
+        try:
+            while True:
+                with contextlib.suppress(Exception):  # Redis away: the entry lapses, as it would for a dead stage
+                    r.zadd(names.KEY_CREDIT_ALIVE, {self.owner: int(time.time() * 1000) + STATUS_TTL_MS})
+                if self._stop.wait(STATUS_EVERY_S):
+                    return
+        finally:
+            r.close()
 
 
 def run(settings: Settings, program: Program, loglevel: str = "info") -> int:

@@ -1,8 +1,8 @@
 """Active workers sharing the partitions (FENXIAO_TOPOLOGY=staged): the spec's outcome exactly, through kills.
 
-Every worker runs a credit stage over its share of fenxiao.order-steps (4 partitions here, more than workers);
-one of them, the lease holder, also runs the attribution stage and the sink. Each test compares topics, Redis
-balances and ClickHouse with expected.json (or the reference for a generated sale).
+Every worker runs a credit stage over its share of fenxiao.order-steps (12 partitions here, stack.step_partitions,
+more than workers); one of them, the lease holder, also runs the attribution stage and the sink. Each test
+compares topics, Redis balances and ClickHouse with expected.json (or the reference for a generated sale).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from tests.integration.scenario import Env
 from tests.integration.test_pipeline import assert_outcome
 
 STAGED = {names.ENV_TOPOLOGY: "staged"}
-STEPS = {f"{names.ORDER_STEPS}:{p}" for p in range(4)}
+STEPS = {f"{names.ORDER_STEPS}:{p}" for p in range(stack_mod.step_partitions(4))}
 
 
 def _workers(pipe: Env, example: str, n: int, **extra: str) -> tuple[list[scenario.WorkerProcess], list[int]]:
@@ -122,7 +122,7 @@ def test_two_active_workers_live(pipe: Env, example: str) -> None:
     workers, ports = _workers(pipe, example, 2)
     try:
         shared = _wait_shared(ports)
-        assert sorted(len(s) for s in shared.values()) == [0, 4], shared
+        assert sorted(len(s) for s in shared.values()) == [0, len(STEPS)], shared
         pipe.produce(scenario.load_records(example))
         _every_worker_answers_the_api(pipe, example, ports)
         _check_on_the_leader(pipe, example, workers, ports)
@@ -304,7 +304,9 @@ def test_a_state_staged_before_the_positions_were_renamed_keeps_its_positions(pi
     r.hset(names.KEY_CREDIT_POS_BEFORE, mapping={"0": "7", "1": "0", "2": "3", "3": "0"})
     pipe.produce([{"topic": names.ORDER_STEPS, "key": "o1", "value": {"x": 1}}] * 5)
     assert claim_topology(pipe.stack.redis_url, pipe.stack.bootstrap, "staged") is None
-    assert r.hgetall(names.KEY_CREDIT_POS) == {"0": "7", "1": "0", "2": "3", "3": "0"}
+    got = r.hgetall(names.KEY_CREDIT_POS)
+    assert {p: got[p] for p in "0123"} == {"0": "7", "1": "0", "2": "3", "3": "0"}
+    assert set(got) == {p.rsplit(":", 1)[1] for p in STEPS}  # partitions the old state never had start at the end
     assert not r.exists(names.KEY_CREDIT_POS_BEFORE)
     r.delete(names.KEY_CREDIT_POS)
     assert claim_topology(pipe.stack.redis_url, pipe.stack.bootstrap, "staged") is None

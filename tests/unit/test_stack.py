@@ -168,13 +168,22 @@ def test_cluster_id_is_kafka_shaped() -> None:
 def test_topic_specs_cover_names_and_compact_bindings() -> None:
     specs = {t.name: t for t in stack_mod.topic_specs(6)}
     assert set(specs) == {*names.INPUT_TOPICS, *names.OUTPUT_TOPICS, *names.INTERNAL_TOPICS}
-    assert {t.num_partitions for t in specs.values()} == {6}
+    assert {t.num_partitions for n, t in specs.items() if n != names.ORDER_STEPS} == {6}
+    # order-steps is what the credit workers share: 12, so 3 credit workers (4 workers) get 4 each
+    assert specs[names.ORDER_STEPS].num_partitions == 12
     assert {t.replication_factor for t in specs.values()} == {1}
     assert specs[names.BINDINGS].topic_configs == {"cleanup.policy": "compact"}
     # input topics are the system of record Redis is rebuilt from: they keep everything
     for n in names.INPUT_TOPICS:
         assert specs[n].topic_configs == {"retention.ms": "-1", "retention.bytes": "-1"}
     assert all(specs[n].topic_configs == {} for n in (names.COMMISSIONS, names.DEAD_LETTERS))
+
+
+@pytest.mark.parametrize(("partitions", "steps"), [(1, 12), (4, 12), (12, 12), (16, 16), (64, 64)])
+def test_order_steps_partitions_are_at_least_twelve(partitions: int, steps: int) -> None:
+    specs = {t.name: t.num_partitions for t in stack_mod.topic_specs(partitions)}
+    assert specs[names.ORDER_STEPS] == steps
+    assert specs[names.ORDERS] == partitions
 
 
 def test_pick_free_ports_are_distinct() -> None:
