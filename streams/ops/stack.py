@@ -613,7 +613,7 @@ def _tcp_open(host: str, port: int, timeout: float) -> bool:
 
 
 def step_partitions(partitions: int) -> int:
-    """Partitions of fenxiao.order-steps: the credit stage's unit of sharing, so never fewer than a few workers need."""
+    """Partitions of fenxiao.order-steps, the credit stage's unit of sharing: FENXIAO_PARTITIONS, or 12 if more."""
     return max(partitions, names.ORDER_STEPS_MIN_PARTITIONS)
 
 

@@ -42,9 +42,8 @@ from streams.state.stores import open_credit_store
 log = logging.getLogger(__name__)
 
 POLL_MS = 100
-# Records per poll: each packs up to steps.PACK_STEPS steps of one partition's share of an attribution batch, so with
-# order-steps' 12 partitions a batch stays near 5,000 steps, as before packing on 4; a larger one under a
-# quarter-core quota outlasted STATUS_TTL_MS, and the lease holder took its credit share back.
+# Records per poll: each holds one partition's share of an attribution batch (at most steps.PACK_STEPS steps), so
+# with order-steps' 12 partitions a batch stays near 5,000 steps, as 10 records did on 4.
 MAX_RECORDS = 30
 STATUS_TTL_MS = 5_000
 STATUS_EVERY_S = 1.0
@@ -290,8 +289,8 @@ class Heartbeat:
     """The credit stage's entry in fx:cr:alive, renewed by a thread: a long batch under a CPU quota is not death.
 
     Renewed between batches, a batch that outlasted STATUS_TTL_MS let the entry lapse; the lease holder then took
-    its credit share back and gave it up again a second later, two rebalances each time (seen at 12 partitions,
-    2 workers, an eighth of a core each). The thread gets the GIL within sys.getswitchinterval() of a batch.
+    its credit share back and gave it up again a second later, two rebalances each time (seen with larger polls
+    under a quarter core). The thread gets the GIL within sys.getswitchinterval() of a batch.
     """
 
     def __init__(self, redis_url: str, owner: str) -> None:
