@@ -39,7 +39,8 @@ async def test_kafka_round_trips_a_record(stack: RunningStack) -> None:
 
 
 async def test_topics_exist_with_partitions_and_bindings_is_compacted(stack: RunningStack) -> None:
-    """Every topic of names.py is there with the fixture's partition count; bindings keeps the latest per user."""
+    """Every topic of names.py is there with the fixture's partition count (order-steps: at least 12); bindings
+    keeps the latest per user."""
     admin = AIOKafkaAdminClient(bootstrap_servers=stack.bootstrap)
     await admin.start()
     try:
@@ -48,7 +49,10 @@ async def test_topics_exist_with_partitions_and_bindings_is_compacted(stack: Run
         (resp,) = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, names.BINDINGS)])
     finally:
         await admin.close()
-    assert {name: len(described[name]["partitions"]) for name in wanted} == dict.fromkeys(wanted, stack.partitions)
+    expected = dict.fromkeys(wanted, stack.partitions)
+    expected[names.ORDER_STEPS] = stack_mod.step_partitions(stack.partitions)
+    assert {name: len(described[name]["partitions"]) for name in wanted} == expected
+    assert expected[names.ORDER_STEPS] == 12  # the fixture's 4 would leave one of 3 credit workers half the orders
     (resource,) = resp.resources
     configs = {entry[0]: entry[1] for entry in resource[4]}
     assert configs["cleanup.policy"] == "compact"
